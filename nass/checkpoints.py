@@ -1,0 +1,134 @@
+"""Finding checkpoints and checking that they fit a model before loading them.
+
+A checkpoint folder is SpeechBrain's ``CKPT+<date>+<time>+<n>/`` holding one
+file per recoverable (``encoder.ckpt``, ``masknet.ckpt``, ...) and
+``CKPT.yaml`` with its metadata; the reference release uses the same layout.
+:func:`check_fit` compares every module's state dict with the file it would
+be loaded from and raises one :class:`CheckpointMismatchError` that says what
+differs in the words a user thinks in (speakers, backbone), rather than a
+stack of missing keys.
+"""
+
+from pathlib import Path
+
+import torch
+import yaml
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose tensors do not fit the model built from the hparams."""
+
+
+def list_checkpoints(folder):
+    """``CKPT+*`` folders in ``folder``, or ``[folder]`` if it is one itself."""
+    folder = Path(folder)
+    if (folder / "CKPT.yaml").is_file():
+        return [folder]
+    return sorted(p for p in folder.glob("CKPT+*") if (p / "CKPT.yaml").is_file())
+
+
+def read_meta(ckpt_dir):
+    """The metadata dict of ``CKPT.yaml``."""
+    with open(Path(ckpt_dir) / "CKPT.yaml") as fin:
+        return yaml.safe_load(fin) or {}
+
+
+def best_checkpoint(folder, min_key="si-snr"):
+    """The checkpoint of ``folder`` with the lowest ``min_key`` (SpeechBrain's rule).
+
+    ``folder`` is one ``CKPT+...`` folder or a ``save/`` folder holding several.
+    Checkpoints without the key (intra-epoch ones) are only used when no other
+    exists; among those the newest wins.
+    """
+    found = list_checkpoints(folder)
+    if not found:
+        raise FileNotFoundError(
+            f"no checkpoint in {folder}: expected a CKPT+... folder with CKPT.yaml, or a "
+            f"folder holding such folders"
+        )
+    metas = [(ckpt, read_meta(ckpt)) for ckpt in found]
+    scored = [(m[min_key], c) for c, m in metas if isinstance(m.get(min_key), (int, float))]
+    if scored:
+        return min(scored, key=lambda pair: pair[0])[1]
+    return max(metas, key=lambda pair: pair[1].get("unixtime", 0))[0]
+
+
+def load_state(path):
+    """A state dict from ``path``, on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def describe_masknet(state):
+    """``(backbone, n_masks)`` read off a ``Dual_Path_Model`` state dict."""
+    keys = " ".join(state)
+    if ".rnn." in keys:
+        backbone = "DPRNN (recurrent blocks)"
+    elif "self_att" in keys or ".layers." in keys:
+        backbone = "Sepformer (transformer blocks)"
+    else:
+        backbone = "unknown backbone"
+    n_masks = None
+    conv = state.get("conv2d.weight")
+    end = state.get("end_conv1x1.weight")
+    if conv is not None and end is not None:
+        n_masks = conv.shape[0] // end.shape[1]
+    return backbone, n_masks
+
+
+def check_fit(modules, ckpt_dir, hparams_name="the hparams"):
+    """Raises :class:`CheckpointMismatchError` unless every module fits its file.
+
+    Arguments
+    ---------
+    modules : dict
+        ``{recoverable name: nn.Module}``, e.g. ``{"masknet": masknet}``.
+    ckpt_dir : Path
+        The ``CKPT+...`` folder.
+    hparams_name : str
+        How to name the model's source in the message (the yaml file).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    problems = []
+    for name, module in modules.items():
+        path = ckpt_dir / f"{name}.ckpt"
+        if not path.is_file():
+            problems.append(f"{path.name} is missing")
+            continue
+        try:
+            saved = load_state(path)
+        except Exception as err:  # a corrupt file: say which, whatever torch raised
+            problems.append(f"{path.name} cannot be read ({type(err).__name__}: {err})")
+            continue
+        problems.extend(_compare(name, module.state_dict(), saved))
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {ckpt_dir} does not fit the model built from {hparams_name}:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _compare(name, expected, saved):
+    if name == "masknet":
+        want, have = describe_masknet(expected), describe_masknet(saved)
+        if want[0] != have[0]:
+            return [f"masknet.ckpt is a {have[0]} but {name} is a {want[0]}"]
+        if want[1] != have[1]:
+            return [
+                f"masknet.ckpt makes {have[1]} masks but the model makes {want[1]} "
+                f"(num_spks + noise output); set num_spks/noise_output to match"
+            ]
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [
+        f"{k}: {tuple(saved[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    out = []
+    if missing:
+        out.append(f"{name}.ckpt lacks {len(missing)} key(s) of the model, e.g. {missing[:3]}")
+    if unexpected:
+        out.append(f"{name}.ckpt has {len(unexpected)} key(s) the model lacks, e.g. {unexpected[:3]}")
+    if shapes:
+        out.append(f"{name}.ckpt differs in {len(shapes)} shape(s), e.g. {shapes[:3]}")
+    return out

@@ -1,0 +1,245 @@
+"""Data preparation: check a corpus folder, then write one csv per split.
+
+Every supported corpus is a *layout*: per split, a mixture folder and one
+folder per target (speakers, then noise), all holding files of the same
+names. :func:`prepare_layout` does the work for all of them; the per-corpus
+functions only name the folders:
+
+* :func:`librimix_layout` ``<Libri2Mix>/wav8k/min/{train-100,dev,test}/{mix_both,s1,s2,noise}``
+* :func:`wham_layout` ``<wham>/wav8k/min/{tr,cv,tt}/{mix_both,s1,s2,noise}`` (and WHAMR!)
+* :func:`custom_layout` ``<folder>/{train,valid,test}/{mixture,source1,source2,noise}``
+
+Before anything is written the whole folder is checked; every missing,
+unreadable, empty, multi-channel or wrongly sampled file is listed in one
+:class:`DataFolderError`, and existing csvs are left as they were. The csvs
+(``ID, duration, mix_wav, s1_wav.., noise_wav``; IDs are file stems, rows
+sorted) are rewritten whenever the folder or the options change, so a run on
+another ``data_folder`` never reuses stale lists.
+"""
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+
+SPLITS = ("train", "valid", "test")
+_OPTS_FILE = "prepare_opts.json"
+
+
+class DataFolderError(ValueError):
+    """A corpus folder with missing or bad files; ``problems`` lists them all."""
+
+    def __init__(self, data_folder, problems):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"data folder {data_folder} has {len(self.problems)} problem(s); nothing was "
+            f"written:\n{lines}"
+        )
+
+
+@dataclass
+class Layout:
+    """Where one corpus keeps its files.
+
+    Arguments
+    ---------
+    root : Path
+        The folder holding the split folders.
+    splits : dict
+        ``{"train": "train-100", "valid": "dev", "test": "test"}``: our split
+        name to the corpus's folder name.
+    mixture : str
+        Mixture folder inside each split (``mix_both``).
+    targets : dict
+        csv column prefix to folder: ``{"s1": "s1", "s2": "s2", "noise": "noise"}``.
+    """
+
+    root: Path
+    splits: dict
+    mixture: str
+    targets: dict = field(default_factory=dict)
+
+
+def mixture_folder(noisy):
+    """``mix_both`` (speech + noise) for noisy separation, else ``mix_clean``."""
+    return "mix_both" if noisy else "mix_clean"
+
+
+def librimix_layout(data_folder, num_spks=2, sample_rate=8000, mode="min",
+                     train_set="train-100", mixture="mix_both", noise=True):
+    """Libri2Mix/Libri3Mix: ``data_folder`` is the ``LibriNMix`` folder."""
+    if train_set not in ("train-100", "train-360"):
+        raise ValueError(f"train_set must be 'train-100' or 'train-360', got {train_set!r}")
+    return _speaker_layout(
+        Path(data_folder) / f"wav{sample_rate // 1000}k" / mode,
+        {"train": train_set, "valid": "dev", "test": "test"},
+        mixture, [f"s{k}" for k in range(1, num_spks + 1)], noise,
+    )
+
+
+def wham_layout(data_folder, sample_rate=8000, mode="min", mixture="mix_both",
+                noise=True, reverb=False, reverberant_targets=False):
+    """WHAM! (or WHAMR! with ``reverb``): ``data_folder`` holds ``wav8k/``."""
+    root = Path(data_folder) / f"wav{sample_rate // 1000}k" / mode
+    splits = {"train": "tr", "valid": "cv", "test": "tt"}
+    if not reverb:
+        return _speaker_layout(root, splits, mixture, ["s1", "s2"], noise)
+    suffix = "_reverb" if reverberant_targets else "_anechoic"
+    return _speaker_layout(
+        root, splits, f"{mixture}_reverb", [f"s1{suffix}", f"s2{suffix}"], noise
+    )
+
+
+def custom_layout(data_folder, num_spks=2, noise=True):
+    """The reference project's layout: ``{train,valid,test}/{mixture,source1..,noise}``."""
+    return _speaker_layout(
+        Path(data_folder), {s: s for s in SPLITS}, "mixture",
+        [f"source{k}" for k in range(1, num_spks + 1)], noise,
+    )
+
+
+def _speaker_layout(root, splits, mixture, speaker_dirs, noise):
+    targets = {f"s{k}": d for k, d in enumerate(speaker_dirs, start=1)}
+    if noise:
+        targets["noise"] = "noise"
+    return Layout(Path(root), splits, mixture, targets)
+
+
+def csv_paths(save_folder):
+    """``{split: path}`` of the csvs :func:`prepare_layout` writes."""
+    return {split: Path(save_folder) / f"{split}.csv" for split in SPLITS}
+
+
+def prepare_layout(layout, save_folder, sample_rate, splits=SPLITS, skip_prep=False):
+    """Checks ``layout`` and writes ``<save_folder>/{train,valid,test}.csv``.
+
+    Arguments
+    ---------
+    layout : Layout
+    save_folder : str or Path
+    sample_rate : int
+        Every file must have it.
+    splits : sequence of str
+        Which of train/valid/test to prepare (``test_only`` needs just test).
+    skip_prep : bool
+        Trust existing csvs (they must exist).
+
+    Returns
+    -------
+    dict
+        ``{split: csv path}``.
+
+    Raises
+    ------
+    DataFolderError
+        Listing every missing or bad file or folder.
+    """
+    save_folder = Path(save_folder)
+    paths = {s: p for s, p in csv_paths(save_folder).items() if s in splits}
+    if skip_prep:
+        missing = [str(p) for p in paths.values() if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"skip_prep is True but these csvs do not exist: {missing}")
+        return paths
+    opts = {
+        "root": str(layout.root.resolve()),
+        "splits": {s: layout.splits[s] for s in splits},
+        "mixture": layout.mixture,
+        "targets": layout.targets,
+        "sample_rate": sample_rate,
+    }
+    opts_file = save_folder / _OPTS_FILE
+    if _up_to_date(opts_file, opts, paths.values()):
+        return paths
+
+    problems, tables = [], {}
+    for split in splits:
+        tables[split] = _scan_split(layout, layout.splits[split], sample_rate, problems)
+    if problems:
+        raise DataFolderError(layout.root, problems)
+
+    save_folder.mkdir(parents=True, exist_ok=True)
+    columns = ["ID", "duration", "mix_wav"] + [f"{t}_wav" for t in layout.targets]
+    for split, rows in tables.items():
+        _atomic_write(paths[split], _csv_text(columns, rows))
+    _atomic_write(opts_file, json.dumps(opts, indent=2, sort_keys=True))
+    return paths
+
+
+def _up_to_date(opts_file, opts, csvs):
+    if not opts_file.exists() or not all(p.exists() for p in csvs):
+        return False
+    try:
+        return json.loads(opts_file.read_text()) == json.loads(json.dumps(opts))
+    except ValueError:
+        return False
+
+
+def _scan_split(layout, split_dir, sample_rate, problems):
+    """Rows ``[id, duration, mix, targets...]`` of one split; appends problems."""
+    base = layout.root / split_dir
+    mix_dir = base / layout.mixture
+    folders = [mix_dir] + [base / d for d in layout.targets.values()]
+    missing = [d for d in folders if not d.is_dir()]
+    if missing:
+        problems.extend(f"{d}: folder missing" for d in missing)
+        return []
+    stems = sorted(p.stem for p in mix_dir.glob("*.wav"))
+    if not stems:
+        problems.append(f"{mix_dir}: no .wav files")
+        return []
+    rows = []
+    for stem in stems:
+        files = [d / f"{stem}.wav" for d in folders]
+        infos = [_check_wav(f, sample_rate, problems) for f in files]
+        if any(info is None for info in infos):
+            continue
+        frames = [info.frames for info in infos]
+        if len(set(frames)) != 1:
+            problems.append(
+                f"{mix_dir / (stem + '.wav')}: mixture and targets differ in length "
+                f"({', '.join(f'{f.parent.name}={n}' for f, n in zip(files, frames))} samples)"
+            )
+            continue
+        rows.append([stem, f"{frames[0] / sample_rate:.4f}"] + [str(f.resolve()) for f in files])
+    return rows
+
+
+def _check_wav(path, sample_rate, problems):
+    """soundfile info of a good file, else None with the reason in ``problems``."""
+    if not path.is_file():
+        problems.append(f"{path}: missing")
+        return None
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as err:
+        problems.append(f"{path}: unreadable ({err})")
+        return None
+    if info.frames == 0:
+        problems.append(f"{path}: empty (0 samples)")
+    elif info.channels != 1:
+        problems.append(f"{path}: {info.channels} channels, expected mono")
+    elif info.samplerate != sample_rate:
+        problems.append(f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz")
+    else:
+        return info
+    return None
+
+
+def _csv_text(columns, rows):
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _atomic_write(path, text):
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

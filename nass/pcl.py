@@ -1,0 +1,286 @@
+"""Patch-wise contrastive learning (PCL), the second half of NASS.
+
+PCL pulls each separated speaker's encoder-domain representation towards the
+clean speaker's and away from the representation the model assigned to the
+noise, patch by patch (Zhang et al., ICASSP 2024, Sec. 2.3).
+
+Three pieces, each usable on its own:
+
+* :class:`PatchSampler` turns ``[B, N, L]`` representations into
+  L2-normalised patch embeddings ``[B, K, D]`` at K shared positions.
+* :class:`PatchNCELoss` is the per-patch InfoNCE loss ``[B, K]``.
+* :func:`pcl_loss` is the PCL term of the objective, per utterance, with the
+  estimates aligned to the targets by each utterance's own PIT assignment.
+
+Example
+-------
+>>> import torch
+>>> sampler, nce = PatchSampler(proj_dim=8), PatchNCELoss()
+>>> est = torch.randn(3, 2, 16, 40)        # C + 1 = 3 estimates, batch 2
+>>> clean = torch.randn(2, 2, 16, 40)      # Enc(s_1), Enc(s_2)
+>>> assignment = torch.tensor([[0, 1, 2], [2, 0, 1]])
+>>> loss = pcl_loss(sampler, nce, est, clean, assignment, num_patches=32, weight=2.0)
+>>> loss.shape
+torch.Size([2])
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The two 3x3 convolutions make every output position depend on a 5x5 window.
+_WINDOW = 5
+_SHRINK = _WINDOW - 1
+# The reference normalises with ``x / (||x|| + 1e-7)``; keep it for equal losses.
+_NORM_EPS = 1e-7
+# Logit given to a query's dot product with the negative at its own position.
+_SAME_POSITION_LOGIT = -10.0
+
+
+class PatchSampler(nn.Module):
+    """Samples patch embeddings from encoder-domain representations.
+
+    Each representation ``[B, N, L]`` is read as a one-channel image
+    ``[B, 1, N, L]``; ``Conv2d(1,1,3) -> ReLU -> Conv2d(1,1,3)`` maps it to
+    ``[B, 1, N-4, L-4]``; K positions ``row * (L-4) + col`` are picked; each
+    picked scalar goes through ``Linear(1, D) -> ReLU -> Linear(D, D)`` and is
+    L2-normalised. The state dict keys (``conv.0/2``, ``mlp.0/2``) are those of
+    the reference release's ``patchsamplenet.ckpt``.
+
+    Only the 5x5 windows under the picked positions are convolved, which gives
+    the full convolution's values at a fraction of its cost.
+
+    Arguments
+    ---------
+    proj_dim : int
+        D, the embedding size (256 in the release).
+
+    Example
+    -------
+    >>> sampler = PatchSampler(proj_dim=4)
+    >>> feats, ids = sampler([torch.randn(2, 8, 10), torch.randn(2, 8, 10)], num_patches=5)
+    >>> [tuple(f.shape) for f in feats], tuple(ids.shape)
+    ([(2, 5, 4), (2, 5, 4)], (5,))
+    """
+
+    def __init__(self, proj_dim=256):
+        super().__init__()
+        if proj_dim < 1:
+            raise ValueError(f"PatchSampler: proj_dim must be >= 1, got {proj_dim}")
+        self.proj_dim = proj_dim
+        self.conv = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Conv2d(1, 1, 3))
+        self.mlp = nn.Sequential(nn.Linear(1, proj_dim), nn.ReLU(), nn.Linear(proj_dim, proj_dim))
+
+    @staticmethod
+    def num_positions(n_channels, n_frames):
+        """Number of positions a ``[B, n_channels, n_frames]`` rep offers."""
+        return (n_channels - _SHRINK) * (n_frames - _SHRINK)
+
+    def draw_patch_ids(self, shape, num_patches, device=None):
+        """Draws ``min(num_patches, positions)`` distinct positions for reps of ``shape``.
+
+        Asking for more patches than there are positions takes all of them
+        (as the reference does), in random order.
+        """
+        n_channels, n_frames = self._check_shape(shape, "reps")
+        if num_patches < 1:
+            raise ValueError(f"PatchSampler: num_patches must be >= 1, got {num_patches}")
+        positions = self.num_positions(n_channels, n_frames)
+        return torch.randperm(positions, device=device)[: min(num_patches, positions)]
+
+    def forward(self, reps, num_patches, patch_ids=None):
+        """Embeds the same K positions of every representation.
+
+        Arguments
+        ---------
+        reps : sequence of torch.Tensor
+            Representations, each ``[B, N, L]``, all of one shape.
+        num_patches : int
+            K, used when ``patch_ids`` is None.
+        patch_ids : torch.LongTensor, optional
+            1-D flattened positions in the ``[N-4, L-4]`` conv output.
+
+        Returns
+        -------
+        features : list of torch.Tensor
+            One ``[B, K, D]`` L2-normalised tensor per rep.
+        patch_ids : torch.LongTensor
+            The K positions used.
+        """
+        reps = list(reps)
+        if not reps:
+            raise ValueError("PatchSampler: reps is empty; expected at least one [B, N, L] tensor")
+        shape = reps[0].shape
+        for i, rep in enumerate(reps):
+            if rep.shape != shape:
+                raise ValueError(
+                    f"PatchSampler: reps[{i}] has shape {tuple(rep.shape)}, expected "
+                    f"{tuple(shape)} like reps[0]"
+                )
+        n_channels, n_frames = self._check_shape(shape, "reps[0]")
+        device = reps[0].device
+        if patch_ids is None:
+            patch_ids = self.draw_patch_ids(shape, num_patches, device=device)
+        else:
+            patch_ids = self._check_ids(patch_ids, n_channels, n_frames).to(device)
+
+        batch = shape[0]
+        stacked = torch.stack(reps).reshape(len(reps) * batch, n_channels * n_frames)
+        windows = stacked[:, self._window_index(patch_ids, n_frames)]
+        windows = windows.reshape(-1, 1, _WINDOW, _WINDOW)
+        picked = self.conv(windows.to(self.conv[0].weight.dtype)).reshape(-1, 1)
+        emb = self.mlp(picked).float()
+        emb = emb / (emb.norm(p=2, dim=1, keepdim=True) + _NORM_EPS)
+        emb = emb.reshape(len(reps), batch, len(patch_ids), self.proj_dim)
+        return list(emb.unbind(0)), patch_ids
+
+    @staticmethod
+    def _window_index(patch_ids, n_frames):
+        """Flat indices ``[K * 25]`` of the 5x5 input window under each position."""
+        width = n_frames - _SHRINK
+        rows, cols = patch_ids // width, patch_ids % width
+        offsets = torch.arange(_WINDOW, device=patch_ids.device)
+        idx = (rows[:, None, None] + offsets[None, :, None]) * n_frames
+        idx = idx + cols[:, None, None] + offsets[None, None, :]
+        return idx.reshape(-1)
+
+    @staticmethod
+    def _check_shape(shape, name):
+        if len(shape) != 3:
+            raise ValueError(
+                f"PatchSampler: {name} must be [B, N, L], got shape {tuple(shape)}"
+            )
+        _, n_channels, n_frames = shape
+        if n_channels < _WINDOW or n_frames < _WINDOW:
+            raise ValueError(
+                f"PatchSampler: {name} has shape {tuple(shape)}; the two 3x3 convolutions "
+                f"need N >= {_WINDOW} and L >= {_WINDOW}"
+            )
+        return n_channels, n_frames
+
+    def _check_ids(self, patch_ids, n_channels, n_frames):
+        patch_ids = torch.as_tensor(patch_ids)
+        positions = self.num_positions(n_channels, n_frames)
+        if patch_ids.dim() != 1 or patch_ids.numel() == 0:
+            raise ValueError(
+                f"PatchSampler: patch_ids must be a non-empty 1-D tensor, got shape "
+                f"{tuple(patch_ids.shape)}"
+            )
+        if patch_ids.dtype.is_floating_point:
+            raise ValueError(f"PatchSampler: patch_ids must be integers, got {patch_ids.dtype}")
+        if patch_ids.min() < 0 or patch_ids.max() >= positions:
+            raise ValueError(
+                f"PatchSampler: patch_ids must lie in [0, {positions}) for reps with "
+                f"N={n_channels}, L={n_frames}; got range [{int(patch_ids.min())}, "
+                f"{int(patch_ids.max())}]"
+            )
+        return patch_ids.long()
+
+
+class PatchNCELoss(nn.Module):
+    """Per-patch InfoNCE: query patches against one positive and the negatives.
+
+    For patch i of utterance b the logits are ``[q_i . p_i, q_i . n_j for j]``
+    with ``q_i . n_i`` set to -10, divided by the temperature; the loss is the
+    cross-entropy against class 0. Negatives come from the same utterance only.
+    ``positive`` and ``negatives`` are detached: only the query gets gradients.
+
+    Arguments
+    ---------
+    temperature : float
+        tau (0.07 in the release).
+
+    Example
+    -------
+    >>> q = F.normalize(torch.randn(2, 6, 4), dim=-1)
+    >>> PatchNCELoss()(q, q, -q).shape
+    torch.Size([2, 6])
+    """
+
+    def __init__(self, temperature=0.07):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"PatchNCELoss: temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, query, positive, negatives):
+        """Returns the per-patch loss ``[B, K]`` for ``[B, K, D]`` inputs."""
+        for name, t in (("positive", positive), ("negatives", negatives)):
+            if t.shape != query.shape:
+                raise ValueError(
+                    f"PatchNCELoss: {name} has shape {tuple(t.shape)}, expected "
+                    f"{tuple(query.shape)} like query"
+                )
+        if query.dim() != 3:
+            raise ValueError(f"PatchNCELoss: query must be [B, K, D], got {tuple(query.shape)}")
+        query = query.float()
+        positive = positive.detach().float()
+        negatives = negatives.detach().float()
+        batch, k, _ = query.shape
+        l_pos = (query * positive).sum(-1, keepdim=True)
+        l_neg = torch.bmm(query, negatives.transpose(1, 2))
+        same = torch.eye(k, dtype=torch.bool, device=query.device)
+        l_neg = l_neg.masked_fill(same, _SAME_POSITION_LOGIT)
+        logits = torch.cat([l_pos, l_neg], dim=-1) / self.temperature
+        target = torch.zeros(batch * k, dtype=torch.long, device=query.device)
+        return F.cross_entropy(logits.reshape(batch * k, k + 1), target, reduction="none").reshape(
+            batch, k
+        )
+
+
+def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, patch_ids=None):
+    """The PCL term per utterance: ``weight / C * sum_k mean_i PatchNCE_i``.
+
+    Arguments
+    ---------
+    sampler : PatchSampler
+    nce : PatchNCELoss
+    estimates : torch.Tensor
+        Decoder inputs ``h_o = w * m_o``, ``[C+1, B, N, L]`` (speakers and noise,
+        in the model's output order).
+    clean : torch.Tensor
+        Encoded clean speakers ``Enc(s_k)``, ``[C, B, N, L]`` (target order).
+    assignment : torch.LongTensor
+        ``[B, C+1]``: for each utterance, the output index assigned to each
+        target ``[s_1..s_C, noise]`` by the separation PIT.
+    num_patches : int
+        K.
+    weight : float
+        lambda.
+    patch_ids : torch.LongTensor, optional
+        Positions to use instead of drawing K new ones.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B]`` loss per utterance.
+    """
+    n_out, batch = estimates.shape[:2]
+    n_spk = clean.shape[0]
+    if n_out != n_spk + 1:
+        raise ValueError(
+            f"pcl_loss: estimates has {n_out} outputs and clean {n_spk} speakers; "
+            f"expected C + 1 = {n_spk + 1} outputs (C speakers + noise)"
+        )
+    if tuple(assignment.shape) != (batch, n_out):
+        raise ValueError(
+            f"pcl_loss: assignment has shape {tuple(assignment.shape)}, expected "
+            f"({batch}, {n_out}) = [B, C+1]"
+        )
+    if clean.shape[1:] != estimates.shape[1:]:
+        raise ValueError(
+            f"pcl_loss: clean reps are {tuple(clean.shape[1:])} per speaker, estimates "
+            f"{tuple(estimates.shape[1:])}; expected the same [B, N, L]"
+        )
+    # Reorder outputs into target order, utterance by utterance.
+    aligned = estimates.transpose(0, 1)[torch.arange(batch, device=assignment.device)[:, None], assignment]
+    aligned = aligned.transpose(0, 1)
+    queries, patch_ids = sampler(list(aligned[:n_spk]), num_patches, patch_ids)
+    # Positives and negatives are detached in the loss: no graph is needed for them.
+    with torch.no_grad():
+        fixed, _ = sampler([*clean, aligned[n_spk]], num_patches, patch_ids)
+    negatives = fixed[-1]
+    total = 0.0
+    for query, positive in zip(queries, fixed[:-1]):
+        total = total + nce(query, positive, negatives).mean(dim=1)
+    return total * (weight / n_spk)

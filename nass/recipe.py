@@ -1,0 +1,163 @@
+"""What every recipe's ``train.py`` does, once: ``python train.py hparams.yaml [--opt value]``.
+
+1. Load the HyperPyYAML file with command-line overrides; set up DDP when
+   started by ``torchrun``; create the output folder.
+2. Check the data folder and write the csvs (main process only), using the
+   ``dataset_layout`` the hparams file builds (LibriMix, WHAM!, custom, ...).
+3. Build the datasets (or the dynamic-mixing training set).
+4. Train with :class:`nass.brain.SeparationBrain` (resuming from the newest
+   checkpoint), unless ``test_only``.
+5. Evaluate the best checkpoint and write ``test_results.csv``.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from nass.brain import SeparationBrain
+from nass.checkpoints import best_checkpoint, check_fit, list_checkpoints
+from nass.data.prepare import prepare_layout
+
+logger = logging.getLogger(__name__)
+
+MODEL_RECOVERABLES = ("encoder", "masknet", "decoder", "patchsamplenet")
+
+
+def load_hparams(argv):
+    """``(hparams_file, run_opts, overrides, hparams)`` from command-line arguments."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    return hparams_file, run_opts, overrides, hparams
+
+
+def audio_datasets(csvs, hparams):
+    """``{split: DynamicItemDataset}`` reading ``mix``, ``s1..sC`` and ``noise`` signals."""
+    keys = ["mix"] + [f"s{k}" for k in range(1, hparams["num_spks"] + 1)]
+    datasets = {}
+    for split, path in csvs.items():
+        data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path=str(path))
+        columns = set(next(iter(data.data.values())).keys()) if len(data) else set()
+        split_keys = keys + (["noise"] if "noise_wav" in columns else [])
+        for key in split_keys:
+            sb.dataio.dataset.add_dynamic_item(
+                [data], _reader(key), takes=[f"{key}_wav"], provides=[f"{key}_sig"]
+            )
+        sb.dataio.dataset.set_output_keys([data], ["id"] + [f"{k}_sig" for k in split_keys])
+        datasets[split] = data
+    return datasets
+
+
+def _reader(key):
+    def read(path):
+        return sb.dataio.dataio.read_audio(path)
+
+    read.__name__ = f"read_{key}"
+    return read
+
+
+def _model_modules(hparams):
+    recoverables = hparams["checkpointer"].recoverables
+    return {k: recoverables[k] for k in MODEL_RECOVERABLES if k in recoverables}
+
+
+def _check_checkpoint(hparams, hparams_file, ckpt):
+    if ckpt is not None:
+        logger.info("Checking that %s fits %s", ckpt, hparams_file)
+        check_fit(_model_modules(hparams), ckpt, hparams_name=hparams_file)
+
+
+def run(argv):
+    """Runs a recipe from command-line arguments (``sys.argv[1:]``)."""
+    hparams_file, run_opts, overrides, hparams = load_hparams(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    _check_options(hparams, run_opts)
+
+    splits = ("test",) if hparams["test_only"] else ("train", "valid", "test")
+    if hparams["dynamic_mixing"] and not hparams["test_only"]:
+        splits = ("valid", "test")
+    run_on_main(
+        prepare_layout,
+        kwargs={
+            "layout": hparams["dataset_layout"],
+            "save_folder": hparams["save_folder"],
+            "sample_rate": hparams["sample_rate"],
+            "splits": splits,
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    csvs = prepare_layout(
+        hparams["dataset_layout"], hparams["save_folder"], hparams["sample_rate"],
+        splits=splits, skip_prep=True,
+    )
+    datasets = audio_datasets(csvs, hparams)
+    if hparams["dynamic_mixing"] and not hparams["test_only"]:
+        from nass.data.dynamic_mixing import dynamic_mixing_dataset
+
+        datasets["train"] = dynamic_mixing_dataset(hparams)
+
+    modules = {"separator": hparams["separator"]}
+    if hparams["objective"].uses_pcl:
+        modules["patchsamplenet"] = hparams["patchsamplenet"]
+    brain = SeparationBrain(
+        modules=modules,
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    save_folder = Path(hparams["save_folder"])
+    if not hparams["test_only"]:
+        newest = hparams["checkpointer"].find_checkpoint()
+        _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
+        brain.fit(
+            brain.hparams.epoch_counter,
+            datasets["train"],
+            datasets["valid"],
+            train_loader_kwargs=hparams["dataloader_opts"],
+            valid_loader_kwargs=hparams["dataloader_opts"],
+        )
+    elif not list_checkpoints(save_folder):
+        raise FileNotFoundError(
+            f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
+            f"point --output_folder at the folder whose save/ holds it"
+        )
+    _check_checkpoint(hparams, hparams_file, _best_or_none(save_folder))
+    brain.evaluate(datasets["test"], min_key="si-snr", test_loader_kwargs=hparams["dataloader_opts"])
+    brain.write_test_results(datasets["test"], hparams["dataloader_opts"])
+    return brain
+
+
+def _best_or_none(folder):
+    return best_checkpoint(folder) if list_checkpoints(folder) else None
+
+
+def _check_options(hparams, run_opts):
+    if hparams["noise_output"] and "noise" not in hparams["dataset_layout"].targets:
+        raise ValueError(
+            "noise_output is True but the dataset has no noise targets (clean mixtures); "
+            "use noisy data or --noise_output False --pcl_weight 0"
+        )
+    # --precision and --device are SpeechBrain run options, not hparams overrides.
+    precision = run_opts.get("precision") or hparams.get("precision", "fp32")
+    device = run_opts.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    if precision == "fp16" and not str(device).startswith("cuda"):
+        raise ValueError(
+            f"precision fp16 needs a CUDA device (device is {device}); on a CPU use "
+            f"--precision bf16 or fp32"
+        )
+
+
+def main():
+    """Entry point of the recipes' ``train.py``."""
+    run(sys.argv[1:])

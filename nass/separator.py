@@ -1,0 +1,111 @@
+"""The noise-aware separator: encoder, mask network with C(+1) masks, decoder.
+
+The three parts are SpeechBrain's own modules (``dual_path.Encoder``,
+``dual_path.Dual_Path_Model``, ``dual_path.Decoder``), held under the names
+``encoder``, ``masknet`` and ``decoder`` so their state dicts are those of the
+release checkpoints (``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt``).
+The noise output is just one more mask: ``Dual_Path_Model(num_spks=C + 1)``.
+
+Example
+-------
+>>> import torch
+>>> from speechbrain.lobes.models.dual_path import Decoder, Dual_Path_Model, Encoder, SBRNNBlock
+>>> enc = Encoder(kernel_size=16, out_channels=16)
+>>> intra = SBRNNBlock(input_size=16, hidden_channels=8, num_layers=1, bidirectional=True)
+>>> inter = SBRNNBlock(input_size=16, hidden_channels=8, num_layers=1, bidirectional=True)
+>>> mask = Dual_Path_Model(16, 16, intra, inter, num_layers=1, K=20, num_spks=3)
+>>> dec = Decoder(in_channels=16, out_channels=1, kernel_size=16, stride=8, bias=False)
+>>> model = NoiseAwareSeparator(enc, mask, dec, num_spks=2, noise_output=True)
+>>> model(torch.randn(2, 800)).shape
+torch.Size([2, 800, 3])
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NoiseAwareSeparator(nn.Module):
+    """Mask-based separator with C speaker outputs and, optionally, one noise output.
+
+    Arguments
+    ---------
+    encoder : speechbrain.lobes.models.dual_path.Encoder
+    masknet : speechbrain.lobes.models.dual_path.Dual_Path_Model
+        Built with ``num_spks = C + 1`` when ``noise_output`` else ``C``.
+    decoder : speechbrain.lobes.models.dual_path.Decoder
+    num_spks : int
+        C, the number of speakers.
+    noise_output : bool
+        Whether the model has the extra noise output (NASS) or not (baseline).
+    """
+
+    def __init__(self, encoder, masknet, decoder, num_spks, noise_output=True):
+        super().__init__()
+        self.encoder = encoder
+        self.masknet = masknet
+        self.decoder = decoder
+        self.num_spks = int(num_spks)
+        self.noise_output = bool(noise_output)
+        masks = getattr(masknet, "num_spks", None)
+        if masks is not None and masks != self.num_outputs:
+            raise ValueError(
+                f"NoiseAwareSeparator: masknet makes {masks} masks but num_spks={num_spks} "
+                f"with noise_output={noise_output} needs {self.num_outputs}; build the "
+                f"Dual_Path_Model with num_spks={self.num_outputs}"
+            )
+
+    @property
+    def num_outputs(self):
+        """C + 1 with the noise output, C without."""
+        return self.num_spks + int(self.noise_output)
+
+    @property
+    def kernel_size(self):
+        """The encoder's kernel: the shortest input the model accepts."""
+        return self.encoder.conv1d.kernel_size[0]
+
+    def encode(self, signals):
+        """Encodes ``[B, T]`` signals (or ``[B, T, S]``, giving ``[S, B, N, L]``)."""
+        if signals.dim() == 2:
+            return self.encoder(signals)
+        batch, length, n_sig = signals.shape
+        flat = signals.permute(2, 0, 1).reshape(n_sig * batch, length)
+        reps = self.encoder(flat)
+        return reps.reshape(n_sig, batch, *reps.shape[1:])
+
+    def forward(self, mix, return_reps=False):
+        """Separates ``mix`` ``[B, T]`` into ``[B, T, C(+1)]`` waveforms.
+
+        With ``return_reps`` it also returns the decoder inputs
+        ``h_o = Enc(mix) * m_o`` as ``[C(+1), B, N, L]`` (what PCL compares).
+        """
+        if mix.dim() != 2:
+            raise ValueError(f"NoiseAwareSeparator: mix must be [B, T], got {tuple(mix.shape)}")
+        length = mix.shape[1]
+        if length < self.kernel_size:
+            raise ValueError(
+                f"NoiseAwareSeparator: input of {length} samples is shorter than the "
+                f"encoder kernel ({self.kernel_size} samples)"
+            )
+        mix_w = self.encoder(mix)
+        masks = self.masknet(mix_w)
+        sep_h = mix_w.unsqueeze(0) * masks
+        n_out, batch = sep_h.shape[:2]
+        # One decoder pass for all outputs; reshape guards against its squeeze().
+        decoded = self.decoder(sep_h.reshape(n_out * batch, *sep_h.shape[2:]))
+        est = decoded.reshape(n_out, batch, -1).permute(1, 2, 0)
+        if est.shape[1] < length:
+            est = F.pad(est, (0, 0, 0, length - est.shape[1]))
+        else:
+            est = est[:, :length]
+        if return_reps:
+            return est, sep_h
+        return est
+
+    @torch.no_grad()
+    def separate(self, mix):
+        """Inference helper: ``[B, T]`` or ``[T]`` in, ``[B, T, C(+1)]`` out, no grad."""
+        squeeze = mix.dim() == 1
+        est = self.forward(mix.unsqueeze(0) if squeeze else mix)
+        return est[0] if squeeze else est
