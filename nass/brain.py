@@ -61,7 +61,7 @@ class SeparationBrain(sb.Brain):
             [getattr(batch, f"s{k}_sig")[0] for k in range(1, self.hparams.num_spks + 1)],
             dim=-1,
         ).to(self.device)
-        noise = batch.noise_sig[0].to(self.device) if "noise_sig" in batch else None
+        noise = batch.noise_sig[0].to(self.device) if hasattr(batch, "noise_sig") else None
         lengths = torch.round(rel.to(self.device) * mix.shape[1]).long()
         return mix, speakers, noise, lengths
 
@@ -204,9 +204,9 @@ class SeparationBrain(sb.Brain):
         ``n_audio_to_save`` utterances when ``save_audio``.
         """
         out_file = Path(self.hparams.output_folder) / "test_results.csv"
-        loader = sb.dataio.dataloader.make_dataloader(
-            test_data, **dict(loader_opts or {}, batch_size=1)
-        )
+        # One utterance at a time: metrics need each file's own length.
+        workers = (loader_opts or {}).get("num_workers", 0)
+        loader = sb.dataio.dataloader.make_dataloader(test_data, batch_size=1, num_workers=workers)
         self.modules.eval()
         rows, saved = [], 0
         objective = self.hparams.objective

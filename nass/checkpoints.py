@@ -53,6 +53,44 @@ def best_checkpoint(folder, min_key="si-snr"):
     return max(metas, key=lambda pair: pair[1].get("unixtime", 0))[0]
 
 
+def checkpoint_problems(ckpt_dir, names):
+    """Why ``ckpt_dir`` cannot be resumed from: missing, empty or unreadable files.
+
+    SpeechBrain writes ``CKPT.yaml`` before the recoverables, so a run killed
+    while saving leaves a folder that looks complete but is not.
+    """
+    problems = []
+    for name in names:
+        path = Path(ckpt_dir) / f"{name}.ckpt"
+        if not path.is_file() or path.stat().st_size == 0:
+            problems.append(f"{path.name} missing or empty")
+            continue
+        try:
+            if name in ("brain", "counter"):
+                if yaml.safe_load(path.read_text()) is None:
+                    problems.append(f"{path.name} is blank")
+            else:
+                torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # truncated zip, bad yaml...: all mean "not usable"
+            problems.append(f"{path.name} unreadable ({type(err).__name__})")
+    return problems
+
+
+def set_aside_incomplete(folder, names):
+    """Renames unusable ``CKPT+*`` folders to ``incomplete-CKPT+*``; returns the new paths.
+
+    Renaming (not deleting) keeps whatever the killed run left for inspection,
+    while SpeechBrain resumes from the newest complete checkpoint.
+    """
+    moved = []
+    for ckpt in list_checkpoints(folder):
+        if checkpoint_problems(ckpt, names):
+            target = ckpt.with_name(f"incomplete-{ckpt.name}")
+            ckpt.rename(target)
+            moved.append(target)
+    return moved
+
+
 def load_state(path):
     """A state dict from ``path``, on the CPU."""
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@
 5. Evaluate the best checkpoint and write ``test_results.csv``.
 """
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.run_opts import RunOptions
 
 from nass.brain import SeparationBrain
-from nass.checkpoints import best_checkpoint, check_fit, list_checkpoints
+from nass.checkpoints import best_checkpoint, check_fit, list_checkpoints, set_aside_incomplete
 from nass.data.prepare import prepare_layout
 
 logger = logging.getLogger(__name__)
@@ -28,9 +30,51 @@ logger = logging.getLogger(__name__)
 MODEL_RECOVERABLES = ("encoder", "masknet", "decoder", "patchsamplenet")
 
 
+def _flag_options():
+    """SpeechBrain's boolean run options, which its parser takes as bare flags."""
+    parser = RunOptions._create_parser()
+    return {
+        opt
+        for action in parser._actions
+        if isinstance(action, argparse._StoreTrueAction)
+        for opt in action.option_strings
+    }
+
+
+def normalise_flags(argv):
+    """Accepts ``--test_only True`` (the recipes' documented form) for flag options.
+
+    SpeechBrain 1.x parses its boolean run options (``--test_only``,
+    ``--noprogressbar``, ...) as bare flags, so a following ``True`` would be
+    glued onto the previous override. ``--flag True`` becomes ``--flag`` and
+    ``--flag False`` is dropped.
+    """
+    flags, out, i = _flag_options(), [], 0
+    while i < len(argv):
+        arg, value = argv[i], None
+        if arg.startswith("--") and "=" in arg and arg.split("=", 1)[0] in flags:
+            arg, value = arg.split("=", 1)
+        elif arg in flags and i + 1 < len(argv) and argv[i + 1].lower() in ("true", "false"):
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if value is None or value.lower() == "true":
+            out.append(arg)
+        elif value.lower() != "false":
+            raise ValueError(f"{arg} takes True or False, got {value!r}")
+    return out
+
+
+def run_option(name, run_opts, hparams):
+    """A run option with SpeechBrain's priority: command line > hparams > default."""
+    if name in run_opts.overridden_args:
+        return run_opts[name]
+    return hparams.get(name, run_opts[name])
+
+
 def load_hparams(argv):
     """``(hparams_file, run_opts, overrides, hparams)`` from command-line arguments."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = sb.parse_arguments(normalise_flags(list(argv)))
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     return hparams_file, run_opts, overrides, hparams
@@ -82,9 +126,19 @@ def run(argv):
         overrides=overrides,
     )
     _check_options(hparams, run_opts)
+    test_only = run_option("test_only", run_opts, hparams)
+    save_folder = Path(hparams["save_folder"])
+    if test_only:
+        # Before any data work: a missing or unfitting checkpoint is the likelier mistake.
+        if not list_checkpoints(save_folder):
+            raise FileNotFoundError(
+                f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
+                f"point --output_folder at the folder whose save/ holds it"
+            )
+        _check_checkpoint(hparams, hparams_file, best_checkpoint(save_folder))
 
-    splits = ("test",) if hparams["test_only"] else ("train", "valid", "test")
-    if hparams["dynamic_mixing"] and not hparams["test_only"]:
+    splits = ("test",) if test_only else ("train", "valid", "test")
+    if hparams["dynamic_mixing"] and not test_only:
         splits = ("valid", "test")
     run_on_main(
         prepare_layout,
@@ -101,7 +155,7 @@ def run(argv):
         splits=splits, skip_prep=True,
     )
     datasets = audio_datasets(csvs, hparams)
-    if hparams["dynamic_mixing"] and not hparams["test_only"]:
+    if hparams["dynamic_mixing"] and not test_only:
         from nass.data.dynamic_mixing import dynamic_mixing_dataset
 
         datasets["train"] = dynamic_mixing_dataset(hparams)
@@ -116,8 +170,12 @@ def run(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    save_folder = Path(hparams["save_folder"])
-    if not hparams["test_only"]:
+    if not test_only:
+        checkpointer = hparams["checkpointer"]
+        resumable = [n for n in checkpointer.recoverables if not checkpointer.optional_recoverables.get(n)]
+        resumable.append("optimizer")
+        for path in set_aside_incomplete(save_folder, resumable):
+            logger.warning("%s was left incomplete by a killed run; set aside", path)
         newest = hparams["checkpointer"].find_checkpoint()
         _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
         brain.fit(
@@ -127,19 +185,9 @@ def run(argv):
             train_loader_kwargs=hparams["dataloader_opts"],
             valid_loader_kwargs=hparams["dataloader_opts"],
         )
-    elif not list_checkpoints(save_folder):
-        raise FileNotFoundError(
-            f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
-            f"point --output_folder at the folder whose save/ holds it"
-        )
-    _check_checkpoint(hparams, hparams_file, _best_or_none(save_folder))
     brain.evaluate(datasets["test"], min_key="si-snr", test_loader_kwargs=hparams["dataloader_opts"])
     brain.write_test_results(datasets["test"], hparams["dataloader_opts"])
     return brain
-
-
-def _best_or_none(folder):
-    return best_checkpoint(folder) if list_checkpoints(folder) else None
 
 
 def _check_options(hparams, run_opts):
@@ -149,8 +197,10 @@ def _check_options(hparams, run_opts):
             "use noisy data or --noise_output False --pcl_weight 0"
         )
     # --precision and --device are SpeechBrain run options, not hparams overrides.
-    precision = run_opts.get("precision") or hparams.get("precision", "fp32")
-    device = run_opts.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    precision = run_option("precision", run_opts, hparams)
+    device = run_option("device", run_opts, hparams) or (
+        "cuda:0" if torch.cuda.is_available() else "cpu"
+    )
     if precision == "fp16" and not str(device).startswith("cuda"):
         raise ValueError(
             f"precision fp16 needs a CUDA device (device is {device}); on a CPU use "

@@ -13,13 +13,13 @@ Before anything is written the whole folder is checked; every missing,
 unreadable, empty, multi-channel or wrongly sampled file is listed in one
 :class:`DataFolderError`, and existing csvs are left as they were. The csvs
 (``ID, duration, mix_wav, s1_wav.., noise_wav``; IDs are file stems, rows
-sorted) are rewritten whenever the folder or the options change, so a run on
-another ``data_folder`` never reuses stale lists.
+sorted, absolute paths) are rebuilt from the folder on every run (a scan of
+file headers only), so a run on another ``data_folder`` never reuses stale
+lists; ``skip_prep`` trusts existing csvs instead.
 """
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,6 @@ from pathlib import Path
 import soundfile as sf
 
 SPLITS = ("train", "valid", "test")
-_OPTS_FILE = "prepare_opts.json"
 
 
 class DataFolderError(ValueError):
@@ -146,17 +145,6 @@ def prepare_layout(layout, save_folder, sample_rate, splits=SPLITS, skip_prep=Fa
         if missing:
             raise FileNotFoundError(f"skip_prep is True but these csvs do not exist: {missing}")
         return paths
-    opts = {
-        "root": str(layout.root.resolve()),
-        "splits": {s: layout.splits[s] for s in splits},
-        "mixture": layout.mixture,
-        "targets": layout.targets,
-        "sample_rate": sample_rate,
-    }
-    opts_file = save_folder / _OPTS_FILE
-    if _up_to_date(opts_file, opts, paths.values()):
-        return paths
-
     problems, tables = [], {}
     for split in splits:
         tables[split] = _scan_split(layout, layout.splits[split], sample_rate, problems)
@@ -166,18 +154,10 @@ def prepare_layout(layout, save_folder, sample_rate, splits=SPLITS, skip_prep=Fa
     save_folder.mkdir(parents=True, exist_ok=True)
     columns = ["ID", "duration", "mix_wav"] + [f"{t}_wav" for t in layout.targets]
     for split, rows in tables.items():
-        _atomic_write(paths[split], _csv_text(columns, rows))
-    _atomic_write(opts_file, json.dumps(opts, indent=2, sort_keys=True))
+        text = _csv_text(columns, rows)
+        if not paths[split].exists() or paths[split].read_text() != text:
+            _atomic_write(paths[split], text)
     return paths
-
-
-def _up_to_date(opts_file, opts, csvs):
-    if not opts_file.exists() or not all(p.exists() for p in csvs):
-        return False
-    try:
-        return json.loads(opts_file.read_text()) == json.loads(json.dumps(opts))
-    except ValueError:
-        return False
 
 
 def _scan_split(layout, split_dir, sample_rate, problems):

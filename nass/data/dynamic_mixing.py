@@ -1,0 +1,173 @@
+"""Dynamic mixing: a fresh noisy mixture for every training example.
+
+C utterances of C different speakers (LibriSpeech for LibriMix, WSJ0 for
+WHAM!) and one noise excerpt (WHAM! noise) are drawn at random, resampled
+to the recipe's rate, cropped to a common length, loudness-normalised the
+way LibriMix does (speech -33..-25 LUFS, noise -38..-30 LUFS, pyloudnorm)
+and summed; the whole mixture is scaled down together if it would clip.
+
+A speaker is the first folder under ``base_folder_dm``
+(``LibriSpeech/train-clean-100/<speaker>/<chapter>/*.flac``,
+``wsj0/si_tr_s/<speaker>/*.wav``).
+"""
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import soundfile as sf
+import speechbrain as sb
+import torch
+import torchaudio.functional as AF
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+SPEECH_LUFS = (-33.0, -25.0)
+NOISE_LUFS = (-38.0, -30.0)
+_CLIP = 0.9
+# pyloudnorm's gating block; shorter signals are normalised by RMS instead.
+_MIN_LOUDNESS_SECONDS = 0.4
+
+
+def _audio_files(folder):
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+class DynamicMixer:
+    """Draws noisy C-speaker mixtures from a speech folder and a noise folder.
+
+    Arguments
+    ---------
+    speech_folder : str or Path
+        ``<speaker>/.../*.flac|wav``.
+    noise_folder : str or Path
+        Noise recordings (``*.wav``/``*.flac``), e.g. WHAM!'s ``tr/`` noise.
+    num_spks : int
+    sample_rate : int
+        Output rate; files at another rate are resampled.
+    length : int or None
+        Samples per example (None: the shortest drawn utterance).
+    seed : int or None
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from nass.data.synthetic import make_librispeech_like, make_noise_folder
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> speech = make_librispeech_like(tmp / "ls", n_speakers=3)
+    >>> noise = make_noise_folder(tmp / "noise", n_files=2)
+    >>> ex = DynamicMixer(speech, noise, num_spks=2, sample_rate=8000, length=4000, seed=0).draw()
+    >>> sorted(ex), ex["mix"].shape
+    (['mix', 'noise', 's1', 's2'], torch.Size([4000]))
+    """
+
+    def __init__(self, speech_folder, noise_folder, num_spks, sample_rate, length=None, seed=None):
+        self.num_spks = num_spks
+        self.sample_rate = sample_rate
+        self.length = length
+        self.rng = np.random.default_rng(seed)
+        self.speakers = defaultdict(list)
+        speech_folder = Path(speech_folder)
+        for path in _audio_files(speech_folder):
+            self.speakers[path.relative_to(speech_folder).parts[0]].append(path)
+        self.speakers = {k: v for k, v in self.speakers.items() if v}
+        self.noises = _audio_files(noise_folder)
+        problems = []
+        if len(self.speakers) < num_spks:
+            problems.append(
+                f"base_folder_dm {speech_folder} has {len(self.speakers)} speaker folder(s) with "
+                f"audio; {num_spks} are needed"
+            )
+        if not self.noises:
+            problems.append(f"noise_folder_dm {noise_folder} holds no .wav/.flac noise files")
+        if problems:
+            raise ValueError("dynamic mixing: " + "; ".join(problems))
+        self._meters = {}
+
+    def _load(self, path):
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        audio = torch.from_numpy(audio.mean(axis=1))
+        if rate != self.sample_rate:
+            audio = AF.resample(audio, rate, self.sample_rate)
+        return audio
+
+    def _crop(self, audio, length):
+        if audio.shape[0] < length:
+            audio = audio.repeat(length // audio.shape[0] + 1)
+        start = int(self.rng.integers(0, audio.shape[0] - length + 1))
+        return audio[start : start + length]
+
+    def _normalise(self, audio, lufs_range):
+        target = float(self.rng.uniform(*lufs_range))
+        signal = audio.double().numpy()
+        if audio.shape[0] >= _MIN_LOUDNESS_SECONDS * self.sample_rate:
+            meter = self._meters.setdefault(self.sample_rate, pyloudnorm.Meter(self.sample_rate))
+            loudness = meter.integrated_loudness(signal)
+        else:
+            loudness = 20 * np.log10(np.sqrt(np.mean(signal**2)) + 1e-12)
+        if not np.isfinite(loudness):
+            return audio
+        return audio * float(10 ** ((target - loudness) / 20))
+
+    def draw(self):
+        """One example: ``{"mix", "s1".."sC", "noise"}`` 1-D float tensors."""
+        names = list(self.speakers)
+        chosen = self.rng.choice(len(names), size=self.num_spks, replace=False)
+        utts = []
+        for idx in chosen:
+            files = self.speakers[names[idx]]
+            utts.append(self._load(files[int(self.rng.integers(len(files)))]))
+        length = min(u.shape[0] for u in utts)
+        if self.length is not None:
+            length = min(length, self.length)
+        sources = [self._normalise(self._crop(u, length), SPEECH_LUFS) for u in utts]
+        noise = self._load(self.noises[int(self.rng.integers(len(self.noises)))])
+        sources.append(self._normalise(self._crop(noise, length), NOISE_LUFS))
+        stacked = torch.stack(sources)
+        mix = stacked.sum(0)
+        peak = float(mix.abs().max())
+        if peak > _CLIP:
+            stacked, mix = stacked * (_CLIP / peak), mix * (_CLIP / peak)
+        example = {"mix": mix}
+        for k in range(self.num_spks):
+            example[f"s{k + 1}"] = stacked[k]
+        example["noise"] = stacked[-1]
+        return example
+
+
+def dynamic_mixing_dataset(hparams):
+    """A training set of ``dm_examples_per_epoch`` freshly mixed examples.
+
+    Reads ``base_folder_dm``, ``noise_folder_dm``, ``num_spks``,
+    ``sample_rate``, ``training_signal_len``, ``dm_examples_per_epoch`` and
+    ``seed`` from ``hparams``.
+    """
+    for key in ("base_folder_dm", "noise_folder_dm"):
+        folder = hparams.get(key)
+        if not folder or not Path(folder).is_dir():
+            raise ValueError(f"dynamic_mixing is True but {key} ({folder}) is not a folder")
+    mixer = DynamicMixer(
+        hparams["base_folder_dm"],
+        hparams["noise_folder_dm"],
+        hparams["num_spks"],
+        hparams["sample_rate"],
+        length=hparams["training_signal_len"],
+        seed=hparams["seed"],
+    )
+    n = int(hparams["dm_examples_per_epoch"])
+    data = sb.dataio.dataset.DynamicItemDataset({f"dm{i:06d}": {"index": i} for i in range(n)})
+    keys = ["mix"] + [f"s{k}" for k in range(1, hparams["num_spks"] + 1)] + ["noise"]
+
+    @sb.utils.data_pipeline.takes("index")
+    @sb.utils.data_pipeline.provides(*[f"{k}_sig" for k in keys])
+    def mix_pipeline(index):
+        example = mixer.draw()
+        for key in keys:
+            yield example[key]
+
+    sb.dataio.dataset.add_dynamic_item([data], mix_pipeline)
+    sb.dataio.dataset.set_output_keys([data], ["id"] + [f"{k}_sig" for k in keys])
+    return data
