@@ -195,14 +195,16 @@ class SeparationBrain(sb.Brain):
             )
 
     # -- test results --------------------------------------------------------
-    def write_test_results(self, test_data, loader_opts=None):
-        """Per-utterance SI-SNR, SI-SNRi, SDR, SDRi into ``test_results.csv``.
+    def write_test_results(self, test_data, loader_opts=None, min_key="si-snr"):
+        """Loads the best checkpoint, then writes per-utterance metrics to ``test_results.csv``.
 
         The noise output is assigned as in training and dropped; SI-SNR is
         taken with PIT over the speakers and SDR is BSS-Eval's, each against
         the mixture as the baseline. Saves separated audio for the first
-        ``n_audio_to_save`` utterances when ``save_audio``.
+        ``n_audio_to_save`` utterances when ``save_audio``. This is the test
+        stage: one pass over the test set gives both the csv and the log line.
         """
+        self.on_evaluate_start(min_key=min_key)
         out_file = Path(self.hparams.output_folder) / "test_results.csv"
         # One utterance at a time: metrics need each file's own length.
         workers = (loader_opts or {}).get("num_workers", 0)
@@ -233,6 +235,7 @@ class SeparationBrain(sb.Brain):
                 writer.writerow({"snt_id": "avg", **averages})
             for key, value in averages.items():
                 logger.info("Mean %s is %.3f", key, value)
+        self.on_stage_end(sb.Stage.TEST, -averages["si-snr"])
         return rows, averages
 
     def _save_audio(self, snt_id, mix, speakers, noise):

@@ -185,7 +185,6 @@ def run(argv):
             train_loader_kwargs=hparams["dataloader_opts"],
             valid_loader_kwargs=hparams["dataloader_opts"],
         )
-    brain.evaluate(datasets["test"], min_key="si-snr", test_loader_kwargs=hparams["dataloader_opts"])
     brain.write_test_results(datasets["test"], hparams["dataloader_opts"])
     return brain
 
@@ -195,6 +194,11 @@ def _check_options(hparams, run_opts):
         raise ValueError(
             "noise_output is True but the dataset has no noise targets (clean mixtures); "
             "use noisy data or --noise_output False --pcl_weight 0"
+        )
+    if hparams["dynamic_mixing"] and hparams["dataset_layout"].mixture.endswith("_reverb"):
+        raise ValueError(
+            "dynamic_mixing makes anechoic mixtures; it cannot train on reverberant "
+            f"{hparams['dataset_layout'].mixture} data"
         )
     # --precision and --device are SpeechBrain run options, not hparams overrides.
     precision = run_option("precision", run_opts, hparams)
