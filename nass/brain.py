@@ -104,12 +104,21 @@ class SeparationBrain(sb.Brain):
         objective = self.hparams.objective
         est, targets, lengths = predictions["estimates"], predictions["targets"], predictions["lengths"]
         if stage == sb.Stage.TRAIN:
-            clean = None
+            reps, clean = predictions["reps"], None
             if objective.uses_pcl:
                 with torch.no_grad():
                     clean = self.separator_module.encode(predictions["speakers"])
-            return objective(est, targets, predictions["reps"], clean, lengths)
+                # Patches come from frames every utterance of the batch has, not padding.
+                frames = self._valid_frames(int(lengths.min()), reps.shape[-1])
+                reps, clean = reps[..., :frames], clean[..., :frames]
+            return objective(est, targets, reps, clean, lengths)
         return objective.speaker_loss(est, targets, lengths)
+
+    def _valid_frames(self, n_samples, n_frames):
+        """Encoder frames computed from the first ``n_samples`` samples only."""
+        conv = self.separator_module.encoder.conv1d
+        valid = (n_samples - conv.kernel_size[0]) // conv.stride[0] + 1
+        return max(1, min(n_frames, valid))
 
     @property
     def separator_module(self):

@@ -76,6 +76,15 @@ def test_dprnn_with_batch_of_two_and_fixed_noise_slot(libri2mix, tmp_path):
     check_results(out, libri2mix)
 
 
+def test_padded_batches_train_with_pcl(libri2mix, tmp_path):
+    out = tmp_path / "padded"
+    run_recipe("sepformer-libri2mix.yaml", libri2mix, out, "--batch_size", "3",
+               "--limit_training_signal_len", "False", "--save_audio", "False")
+    log = (out / "train_log.txt").read_text()
+    assert float(log.split("train pcl_loss: ")[1].split(",")[0]) > 0
+    check_results(out, libri2mix)
+
+
 def test_three_speakers(libri3mix, tmp_path):
     out = tmp_path / "three"
     brain = run_recipe("sepformer-libri3mix.yaml", libri3mix, out, "--save_audio", "False")
