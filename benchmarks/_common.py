@@ -139,7 +139,8 @@ def machine_summary():
     if importlib.util.find_spec("torch") is not None:
         import torch
 
-        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        threads = torch.get_num_threads()
+        parts.append(f"torch {torch.__version__} ({threads} thread{'s' * (threads != 1)})")
     return ", ".join(parts)
 
 

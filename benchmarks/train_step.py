@@ -25,24 +25,27 @@ Each variant is warmed up once, then the variants of one architecture run in
 alternation, repetition by repetition (NASS, plain, NASS, plain, ...), so
 that changes of machine load hit both. Times are medians; the NASS/plain
 ratio is the median over repetitions of the ratio of the two steps run side
-by side (the ratio of the medians is printed too).
+by side (the ratios of the medians and of the minima are printed too).
+``--threads 1`` keeps a loaded machine from stalling torch's worker threads
+on one another, which makes single steps vary by tens of percent.
 
 PCL share: the PCL term, i.e. ``nass.pcl.pcl_loss`` (aligning the estimates,
-the patch sampler on every representation, PatchNCE) forward and its
+the patch sampler on every representation, PatchNCE) forward, and its
 backward down to the representations and into the sampler's weights, is
-timed alone on the representations of a NASS forward of the same mixture,
-inside the same alternation (after the two steps of each repetition, so it
-does not run on caches it warmed itself). The share is its time over the
-NASS step's, the median of the per-repetition ratios.
+timed alone on the representations of one NASS forward of the same mixture,
+right after the two steps of each repetition. The share is its time over
+that repetition's NASS step, the median over repetitions.
 
-Breakdown (Sepformer): what NASS adds to the step, each part timed alone, in
-the same alternation, with forward and backward: the clean encoder pass on
-the speakers; the mask head and decoder with C+1 against C outputs (a copy of
-the separator without its dual-path blocks, so what remains is the encoder,
-the mask net's input layers, its final 1x1 conv2d, overlap-add, gated output
-convs, end conv and the decoder); SI-SNR matrix and PIT over C+1 against C
-outputs; PCL; gradient clipping and Adam over each variant's parameters.
-Their sum is printed next to the measured difference of the two steps.
+Breakdown (Sepformer): what NASS adds to the step, each part timed alone
+with forward and backward, in an alternation of its own after the steps
+(three times as many repetitions, the parts being short): the clean encoder
+pass on the speakers; the mask head and decoder with C+1 against C outputs
+(a copy of the separator without its dual-path blocks, so what remains is
+the encoder, the mask net's input layers, its final 1x1 conv2d, overlap-add,
+gated output convs, end conv and the decoder); SI-SNR matrix and PIT over
+C+1 against C outputs; PCL (from the step alternation); gradient clipping
+and Adam over each variant's parameters. Their sum is printed next to the
+measured difference of the two steps.
 
 The last line reads
 ``ratio_nass_over_baseline=<x> pcl_share=<s> ratio_dprnn=<x>``.
@@ -373,11 +376,19 @@ def optimizer_alone(step):
     return run
 
 
+# Names of the timed cases; breakdown parts get "|nass" and "|plain" appended.
+SEP_NASS, SEP_PLAIN = "Sepformer NASS step", "Sepformer plain step"
+DPRNN_NASS, DPRNN_PLAIN = "DPRNN NASS step", "DPRNN plain step"
+PCL_PART = "PCL: patch sampler + PatchNCE"
+OPTIMIZER_PART = "clip_grad_norm_ + Adam, each variant's parameters"
+# The parts are short, so they are repeated more often than the steps.
+PART_REPS_PER_STEP_REP = 3
+# (part, factory of the timed callable, whether the plain variant has it too)
 BREAKDOWN = (
     ("clean encoder pass on the C speakers (no_grad)", clean_encode, False),
     ("mask head + decoder, C+1 vs C outputs", head_alone, True),
     ("SI-SNR matrix + PIT, C+1 vs C outputs", separation_alone, True),
-    ("PCL: patch sampler + PatchNCE", pcl_alone, False),
+    (OPTIMIZER_PART, lambda step, batch: optimizer_alone(step), True),
 )
 
 
@@ -397,67 +408,83 @@ def median_difference_ms(a, b):
 
 
 def run_sepformer(args, device, scratch, sync):
-    """Times the Sepformer steps, PCL alone and the breakdown parts in alternation.
+    """Times the Sepformer steps in alternation, then the breakdown parts in alternation.
 
-    Returns the timing, the NASS hparams and the batch, for the DPRNN run.
+    Returns ``(steps, parts, hparams, batch)``: the two timings, and the NASS
+    hparams and the batch for the DPRNN run.
     """
     nass_model, hparams = load_sepformer(True, args.seed, scratch)
     plain_model, _ = load_sepformer(False, args.seed, scratch)
     batch = make_batch(args.seconds, hparams["num_spks"], args.seed, device)
     nass = TrainStep(nass_model, hparams, device, args.precision)
     plain = TrainStep(plain_model, hparams, device, args.precision)
-    cases = {"Sepformer NASS step": lambda: nass(batch), "Sepformer plain step": lambda: plain(batch)}
+    # PCL alone runs right after each pair, so that its share pairs with that NASS step.
+    steps = interleave(
+        {
+            SEP_NASS: lambda: nass(batch),
+            SEP_PLAIN: lambda: plain(batch),
+            PCL_PART: pcl_alone(nass, batch),
+        },
+        args.reps,
+        sync=sync,
+        progress=progress_printer("Sepformer", args.reps),
+    )
+    cases = {}
     for name, factory, both in BREAKDOWN:
         cases[f"{name}|nass"] = factory(nass, batch)
         if both:
             cases[f"{name}|plain"] = factory(plain, batch)
-    cases["clip + Adam|nass"] = optimizer_alone(nass)
-    cases["clip + Adam|plain"] = optimizer_alone(plain)
-    timing = interleave(
-        cases, args.reps, warmup=1, sync=sync, progress=progress_printer("Sepformer", args.reps)
-    )
-    return timing, hparams, batch
+    parts = interleave(cases, PART_REPS_PER_STEP_REP * args.reps, sync=sync)
+    return steps, parts, hparams, batch
 
 
 def run_dprnn(args, device, batch, hparams, sync):
     """Times the DPRNN NASS and plain steps in alternation."""
     nass = TrainStep(build_dprnn(True, args.seed, hparams), hparams, device, args.precision)
     plain = TrainStep(build_dprnn(False, args.seed, hparams), hparams, device, args.precision)
-    cases = {"DPRNN NASS step": lambda: nass(batch), "DPRNN plain step": lambda: plain(batch)}
     return interleave(
-        cases, args.reps, warmup=1, sync=sync, progress=progress_printer("DPRNN", args.reps)
+        {DPRNN_NASS: lambda: nass(batch), DPRNN_PLAIN: lambda: plain(batch)},
+        args.reps,
+        sync=sync,
+        progress=progress_printer("DPRNN", args.reps),
     )
 
 
-def step_rows(timing, arch):
-    """Table rows for one architecture's two steps; returns ``(rows, paired ratio)``."""
-    nass, plain = timing.seconds[f"{arch} NASS step"], timing.seconds[f"{arch} plain step"]
-    ratio = paired_ratio(nass, plain)
-    rows = []
-    for label, times, shown in ((f"{arch} plain", plain, 1.0), (f"{arch} NASS", nass, ratio)):
-        rows.append(
-            [
-                label,
-                f"{1e3 * statistics.median(times):.1f}",
-                f"{1e3 * min(times):.1f}",
-                f"{1e3 * max(times):.1f}",
-                f"{shown:.3f}",
-                f"{statistics.median(times) / statistics.median(plain):.3f}",
-            ]
-        )
-    return rows, ratio
+def timing_row(label, times, reference):
+    """Median, min and max in ms, and ``times`` against ``reference`` three ways.
+
+    The paired ratio (median of per-repetition ratios) is the headline; the
+    ratios of the medians and of the minima show how far the load moved it.
+    """
+    return [
+        label,
+        f"{1e3 * statistics.median(times):.1f}",
+        f"{1e3 * min(times):.1f}",
+        f"{1e3 * max(times):.1f}",
+        f"{paired_ratio(times, reference):.4f}",
+        f"{statistics.median(times) / statistics.median(reference):.4f}",
+        f"{min(times) / min(reference):.4f}",
+    ]
 
 
-def breakdown_rows(timing):
-    """Rows of the breakdown table and the total of the parts NASS adds, in ms."""
+def breakdown_rows(parts, pcl):
+    """Rows of the breakdown table and the total NASS adds, in ms.
+
+    ``parts`` is the timing of the :data:`BREAKDOWN` parts, ``pcl`` the PCL
+    times from the step alternation.
+    """
+    medians = []
+    for name, _, both in BREAKDOWN:
+        plain = parts.median_ms(f"{name}|plain") if both else None
+        medians.append((name, parts.median_ms(f"{name}|nass"), plain))
+    # PCL goes before the optimizer, in the order the step runs them.
+    medians.insert(-1, (PCL_PART, 1e3 * statistics.median(pcl), None))
     rows, total = [], 0.0
-    parts = [(name, both) for name, _, both in BREAKDOWN] + [("clip + Adam", True)]
-    for name, both in parts:
-        nass = timing.median_ms(f"{name}|nass")
-        plain = timing.median_ms(f"{name}|plain") if both else 0.0
-        extra = nass - plain
+    for name, nass, plain in medians:
+        extra = nass - (plain or 0.0)
         total += extra
-        rows.append([name, f"{nass:.2f}", f"{plain:.2f}" if both else "-", f"{extra:+.2f}"])
+        shown = "-" if plain is None else f"{plain:.1f}"
+        rows.append([name, f"{nass:.1f}", shown, f"{extra:+.1f}"])
     return rows, total
 
 
@@ -472,6 +499,13 @@ def parse_args(argv):
     )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=1234, help="model and input seed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core); 1 is steadier "
+        "on a machine that other jobs load",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -479,12 +513,16 @@ def parse_args(argv):
         parser.error("--precision fp16 needs --device cuda (SpeechBrain refuses fp16 on CPU)")
     if args.reps < 1:
         parser.error("--reps must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     print(machine_summary())
     print(
@@ -493,41 +531,48 @@ def main(argv=None):
     )
     # The hparams file names data and output folders; nothing is read, but folders are made.
     with tempfile.TemporaryDirectory(prefix="nass-bench-") as scratch:
-        sepformer, hparams, batch = run_sepformer(args, device, scratch, sync)
+        sepformer, parts, hparams, batch = run_sepformer(args, device, scratch, sync)
     # Free the Sepformers before the DPRNNs are built.
     gc.collect()
     dprnn = run_dprnn(args, device, batch, hparams, sync)
+    report(sepformer, parts, dprnn)
 
-    sep_rows, ratio_sepformer = step_rows(sepformer, "Sepformer")
-    dprnn_rows, ratio_dprnn = step_rows(dprnn, "DPRNN")
-    pcl_name = "PCL: patch sampler + PatchNCE|nass"
-    pcl_share = paired_ratio(sepformer.seconds[pcl_name], sepformer.seconds["Sepformer NASS step"])
-    pcl_row = [
-        "  PCL alone (sampler + PatchNCE, fwd+bwd)",
-        f"{sepformer.median_ms(pcl_name):.1f}",
-        f"{1e3 * min(sepformer.seconds[pcl_name]):.1f}",
-        f"{1e3 * max(sepformer.seconds[pcl_name]):.1f}",
-        f"{pcl_share:.4f}",
-        "",
+
+def report(sepformer, parts, dprnn):
+    """Prints the step table, the breakdown and the last line."""
+    sep_nass, sep_plain = sepformer.seconds[SEP_NASS], sepformer.seconds[SEP_PLAIN]
+    pcl = sepformer.seconds[PCL_PART]
+    dprnn_nass, dprnn_plain = dprnn.seconds[DPRNN_NASS], dprnn.seconds[DPRNN_PLAIN]
+    rows = [
+        timing_row("Sepformer plain", sep_plain, sep_plain),
+        timing_row("Sepformer NASS", sep_nass, sep_plain),
+        timing_row("  PCL alone (sampler + PatchNCE, fwd+bwd)", pcl, sep_nass),
+        timing_row("DPRNN plain", dprnn_plain, dprnn_plain),
+        timing_row("DPRNN NASS", dprnn_nass, dprnn_plain),
     ]
-    headers = ["variant", "median ms", "min ms", "max ms", "ratio", "ratio of medians"]
+    headers = ["variant", "median ms", "min ms", "max ms", "ratio", "of medians", "of minima"]
     print()
-    print(format_table(headers, sep_rows + [pcl_row] + dprnn_rows))
-    print("ratio: median over repetitions of NASS/plain (PCL row: PCL/NASS step = pcl_share)")
-
-    parts, explained = breakdown_rows(sepformer)
-    measured = median_difference_ms(
-        sepformer.seconds["Sepformer NASS step"], sepformer.seconds["Sepformer plain step"]
+    print(format_table(headers, rows))
+    print(
+        "ratio: median over repetitions of NASS step / plain step, run side by side; "
+        "PCL row: PCL / NASS step (pcl_share)"
     )
-    parts.append(["sum of the parts NASS adds", "", "", f"{explained:+.2f}"])
-    parts.append(["measured: NASS step - plain step (median of pairs)", "", "", f"{measured:+.2f}"])
+
+    breakdown, explained = breakdown_rows(parts, pcl)
+    measured = median_difference_ms(sep_nass, sep_plain)
+    breakdown.append(["sum of the parts NASS adds", "", "", f"{explained:+.1f}"])
+    breakdown.append(
+        ["measured: NASS step - plain step (median of pairs)", "", "", f"{measured:+.1f}"]
+    )
     print()
     print("Sepformer: where the NASS step's extra time goes (each part alone, medians)")
-    print(format_table(["part", "NASS ms", "plain ms", "extra ms"], parts))
+    print(format_table(["part", "NASS ms", "plain ms", "extra ms"], breakdown))
     print()
     print(
         last_line(
-            ratio_nass_over_baseline=ratio_sepformer, pcl_share=pcl_share, ratio_dprnn=ratio_dprnn
+            ratio_nass_over_baseline=paired_ratio(sep_nass, sep_plain),
+            pcl_share=paired_ratio(pcl, sep_nass),
+            ratio_dprnn=paired_ratio(dprnn_nass, dprnn_plain),
         )
     )
 

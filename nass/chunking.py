@@ -54,8 +54,8 @@ from tqdm import tqdm
 from nass.metrics import pairwise_si_snr
 from nass.pit import align, best_assignment
 
-# A quarter of each window is shared with the next: enough signal (2 s of an
-# 8 s window) to match outputs reliably, while every sample is separated
+# A quarter of each window is shared with the next: enough signal (7.5 s of a
+# 30 s window) to match outputs reliably, while every sample is separated
 # only 1 / (1 - 0.25) = 1.33 times on average (2 times at 50 %).
 DEFAULT_OVERLAP = 0.25
 

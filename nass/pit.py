@@ -28,7 +28,8 @@ NOISE_ASSIGNMENTS = ("pit", "fixed")
 
 @lru_cache(maxsize=None)
 def _permutations(n):
-    return torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)
+    # Plain tuples: a cached tensor made under inference_mode could not enter autograd later.
+    return tuple(itertools.permutations(range(n)))
 
 
 def best_assignment(loss_matrix, fixed_last=False):
@@ -56,7 +57,7 @@ def best_assignment(loss_matrix, fixed_last=False):
         )
     batch, n = loss_matrix.shape[:2]
     n_free = n - 1 if fixed_last else n
-    perms = _permutations(n_free).to(loss_matrix.device)
+    perms = torch.tensor(_permutations(n_free), dtype=torch.long, device=loss_matrix.device)
     if fixed_last:
         last = torch.full((perms.shape[0], 1), n - 1, dtype=torch.long, device=perms.device)
         perms = torch.cat([perms, last], dim=1)
