@@ -12,12 +12,13 @@ separator (C outputs, no PCL):
   K 250, a linear layer after each block), with the same NASS settings.
 
 The timed step is ``SeparationBrain.fit_batch`` followed by SpeechBrain's
-``Brain.optimizers_step``: the forward under the run's autocast, the
-speakers' clean representations under ``no_grad`` (NASS only), the
-per-utterance objective, the loss threshold and the finiteness check (a host
-sync, as in the Brain), backward through the GradScaler, ``clip_grad_norm_``
-to the recipe's 5, Adam, ``zero_grad(set_to_none=True)``. Speed perturbation
-and the random crop are left out: they cost both variants the same and would
+``Brain.optimizers_step``: the forward under the run's autocast; for PCL
+(NASS only) the speakers' clean representations under ``no_grad``, and the
+representations cut to the frames every utterance has; the per-utterance
+objective; the loss threshold and the finiteness check (a host sync, as in
+the Brain); backward through the GradScaler; ``clip_grad_norm_`` to the
+recipe's 5; Adam; ``zero_grad(set_to_none=True)``. Speed perturbation and
+the random crop are left out: they cost both variants the same and would
 give them inputs of different lengths. Both variants get the same mixture:
 two speakers plus noise, ``--seconds`` long at 8 kHz, batch 1.
 
@@ -232,6 +233,8 @@ class TrainStep:
             if objective.uses_pcl:
                 with torch.no_grad():
                     clean = separator.encode(batch.speakers)
+                frames = valid_frames(separator, batch.lengths, reps.shape[-1])
+                reps, clean = reps[..., :frames], clean[..., :frames]
             return objective(
                 estimates, batch.targets(separator.noise_output), reps, clean, batch.lengths
             )
@@ -258,6 +261,17 @@ class TrainStep:
         return value
 
 
+def valid_frames(separator, lengths, n_frames):
+    """``SeparationBrain._valid_frames``: PCL patches come from frames every utterance has.
+
+    The encoder frames computed from the shortest utterance's samples only;
+    all ``n_frames`` for a batch without padding, like the one timed here.
+    """
+    conv = separator.encoder.conv1d
+    valid = (int(lengths.min()) - conv.kernel_size[0]) // conv.stride[0] + 1
+    return max(1, min(n_frames, valid))
+
+
 def make_batch(seconds, num_spks, seed, device):
     """Speakers and noise drawn from ``seed``; the mixture is their sum, as in the Brain."""
     length = int(round(seconds * SAMPLE_RATE))
@@ -282,7 +296,8 @@ def pcl_alone(step, batch):
         estimates, reps = separator(batch.mix, return_reps=True)
         clean = separator.encode(batch.speakers)
         assignment, _ = objective.assign(estimates, batch.targets(True), batch.lengths)
-    reps = reps.detach().requires_grad_()
+    frames = valid_frames(separator, batch.lengths, reps.shape[-1])
+    reps, clean = reps[..., :frames].detach().requires_grad_(), clean[..., :frames]
     sampler = objective.patch_sampler
 
     def run():

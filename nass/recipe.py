@@ -186,6 +186,10 @@ def run(argv):
             valid_loader_kwargs=hparams["dataloader_opts"],
         )
     brain.write_test_results(datasets["test"], hparams["dataloader_opts"])
+    if torch.distributed.is_initialized():
+        # Leaving with the group alive lets gloo's threads abort the process at exit.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return brain
 
 

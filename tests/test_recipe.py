@@ -232,7 +232,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(libri2mix, tmp_path):
 def test_two_process_ddp_with_gloo(libri2mix, tmp_path):
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--nproc_per_node=2", "--master_port=29531"] + recipe_command(
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2"] + recipe_command(
         LIBRIMIX_RECIPE, "sepformer-libri2mix.yaml", libri2mix, out, *TINY_SEPFORMER,
         "--distributed_backend", "gloo", "--device", "cpu", "--save_audio", "False")[1:]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
