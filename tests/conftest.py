@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nass.data.synthetic import make_custom, make_librimix, make_wham
 
@@ -11,10 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 LIBRIMIX_RECIPE = REPO / "recipes" / "LibriMix" / "separation"
 WHAM_RECIPE = REPO / "recipes" / "WHAM" / "separation"
 
-# Small enough that a recipe run takes seconds on two CPU cores.
-TINY_SEPFORMER = [
-    "--N_encoder_out", "16", "--out_channels", "16", "--intra_layers", "1",
-    "--inter_layers", "1", "--nhead", "2", "--d_ffn", "32", "--chunk_size", "20",
+LIBRIMIX_HPARAMS = LIBRIMIX_RECIPE / "hparams" / "sepformer-libri2mix.yaml"
+# Overrides of the Sepformer hparams small enough that a recipe run takes seconds on 2 cores.
+TINY = {"N_encoder_out": 16, "out_channels": 16, "intra_layers": 1, "inter_layers": 1,
+        "nhead": 2, "d_ffn": 32, "chunk_size": 20}
+TINY_ARGS = [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]
+TINY_SEPFORMER = TINY_ARGS + [
     "--pcl_proj_dim", "16", "--pcl_num_patches", "16", "--training_signal_len", "4000",
     "--N_epochs", "1",
 ]
@@ -24,6 +27,15 @@ TINY_DPRNN = [
     "--pcl_proj_dim", "16", "--pcl_num_patches", "16", "--training_signal_len", "4000",
     "--N_epochs", "1",
 ]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; OpenMP's spinning threads crawl on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -10,25 +10,12 @@ import soundfile as sf
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-import nass
+from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, TINY_ARGS
 from nass.cli import main
 from nass.inference import Separator, load_model
 
-HPARAMS = (Path(nass.__file__).parents[1] / "recipes" / "LibriMix" / "separation" / "hparams"
-           / "sepformer-libri2mix.yaml")
-TINY = {"N_encoder_out": 16, "out_channels": 16, "intra_layers": 1, "inter_layers": 1,
-        "nhead": 2, "d_ffn": 32, "chunk_size": 20}
-TINY_ARGS = [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and OpenMP's spinning threads
-    # crawl on a shared, oversubscribed CPU (CI).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

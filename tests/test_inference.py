@@ -11,7 +11,7 @@ import torch
 from scipy.signal import lfilter
 from speechbrain.utils.checkpoints import Checkpointer
 
-import nass
+from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
 from nass.checkpoints import CheckpointMismatchError
 from nass.chunking import crossfade_weights, plan_windows, separate_in_chunks
 from nass.inference import (
@@ -24,21 +24,11 @@ from nass.inference import (
     speech_likeness,
 )
 
-HPARAMS = (Path(nass.__file__).parents[1] / "recipes" / "LibriMix" / "separation" / "hparams"
-           / "sepformer-libri2mix.yaml")
-TINY = {"N_encoder_out": 16, "out_channels": 16, "intra_layers": 1, "inter_layers": 1,
-        "nhead": 2, "d_ffn": 32, "chunk_size": 20}
-REAL_LIBRI2MIX = Path("/work/shared/data/mini-librimix-real/Libri2Mix/wav8k/min")
+# The project's real-speech corpus lies in shared/ beside the checkout (not in a user's clone).
+REAL_LIBRI2MIX = (Path(__file__).resolve().parents[2] / "shared" / "data" / "mini-librimix-real"
+                  / "Libri2Mix" / "wav8k" / "min")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and OpenMP's spinning threads
-    # crawl on a shared, oversubscribed CPU (CI).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
