@@ -24,41 +24,22 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import lfilter
 
 try:
+    from nass.data.synthetic import imperfect_estimates
     from nass.metrics import sdr
 except ImportError:  # run from a checkout without ``pip install``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from nass.data.synthetic import imperfect_estimates
     from nass.metrics import sdr
 
 SR = 8000
 
 
-def speech_like(rng, n_samples):
-    """``[T]`` gliding harmonics under a syllabic envelope, plus breath noise."""
-    t = np.arange(n_samples) / SR
-    f0 = rng.uniform(90, 220) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    voiced = sum(np.sin(h * phase + rng.uniform(0, 2 * np.pi)) / h for h in range(1, 13))
-    syllables = np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6))
-    envelope = np.sqrt(np.clip(syllables, 0, None))
-    breath = lfilter([1.0], [1.0, -0.95], rng.standard_normal(n_samples))
-    return envelope * voiced + 0.02 * breath
-
-
 def utterance(seed, n_src, seconds):
     """``(estimates, references)``, ``[n_src, T]`` each, estimates shuffled."""
-    rng = np.random.default_rng(seed)
-    n_samples = int(seconds * SR)
-    refs = np.stack([rng.uniform(0.5, 2.0) * speech_like(rng, n_samples) for _ in range(n_src)])
-    ests = []
-    for j in range(n_src):
-        leak = rng.uniform(0.05, 0.3) * refs[(j + 1) % n_src]
-        noise = 0.05 * lfilter([1.0, 0.5], [1.0, -0.7], rng.standard_normal(n_samples))
-        fir = np.concatenate([[1.0], rng.uniform(-0.3, 0.3, size=4)])
-        ests.append(lfilter(fir, [1.0], refs[j] + leak + noise))
-    return np.stack(ests)[rng.permutation(n_src)], refs
+    estimates, references, _ = imperfect_estimates(seed, n_src, seconds, SR)
+    return estimates, references
 
 
 def timed(fn, *args):

@@ -12,43 +12,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from scipy.signal import lfilter
 
+from nass.data.synthetic import imperfect_estimates
 from nass.metrics import pairwise_si_snr, sdr, si_snr, utterance_metrics
 
 SR = 8000
 
 
-def speech_like(rng, n_samples):
-    """A voiced-speech stand-in ``[T]``: gliding harmonics under a syllabic
-    envelope, plus low-passed breath noise so that pauses are not silent."""
-    t = np.arange(n_samples) / SR
-    f0 = rng.uniform(90, 220) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    voiced = sum(
-        np.sin(h * phase + rng.uniform(0, 2 * np.pi)) / h for h in range(1, 13)
-    )
-    syllables = np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6))
-    envelope = np.sqrt(np.clip(syllables, 0, None))
-    breath = lfilter([1.0], [1.0, -0.95], rng.standard_normal(n_samples))
-    return envelope * voiced + 0.02 * breath
-
-
 def realish_pair(seed, n_src, seconds):
-    """``(estimates, references, perm)``, ``[n_src, T]`` each: every estimate
-    is its reference with leakage of the next one, coloured noise and a short
-    FIR distortion; the estimates are then shuffled by ``perm``."""
-    rng = np.random.default_rng(seed)
-    n_samples = int(seconds * SR)
-    refs = np.stack([rng.uniform(0.5, 2.0) * speech_like(rng, n_samples) for _ in range(n_src)])
-    ests = []
-    for j in range(n_src):
-        leak = rng.uniform(0.05, 0.3) * refs[(j + 1) % n_src]
-        noise = 0.05 * lfilter([1.0, 0.5], [1.0, -0.7], rng.standard_normal(n_samples))
-        fir = np.concatenate([[1.0], rng.uniform(-0.3, 0.3, size=4)])
-        ests.append(lfilter(fir, [1.0], refs[j] + leak + noise))
-    perm = rng.permutation(n_src)
-    return np.stack(ests)[perm], refs, perm
+    """``(estimates, references, perm)`` at 8 kHz (see ``imperfect_estimates``)."""
+    return imperfect_estimates(seed, n_src, seconds, SR)
 
 
 def mir_eval_sdr(references, estimates):
