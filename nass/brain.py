@@ -133,7 +133,9 @@ class SeparationBrain(sb.Brain):
             predictions = self.compute_forward(batch, sb.Stage.TRAIN)
             terms = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
         per_utt = terms["loss"].float()
-        keep = per_utt > self.hparams.threshold if self.hparams.threshold_byloss else torch.ones_like(per_utt, dtype=torch.bool)
+        keep = per_utt > self.hparams.threshold
+        if not self.hparams.threshold_byloss:
+            keep = torch.ones_like(keep)
         loss = per_utt[keep].mean() if keep.any() else per_utt.mean()
         usable = bool(keep.any()) and bool(torch.isfinite(loss)) and loss.item() < self.hparams.loss_upper_lim
         if self.distributed_launch:
