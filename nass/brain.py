@@ -16,24 +16,25 @@ The recipes' ``train.py`` only load the hparams, prepare the data and call
 
 import csv
 import logging
-import os
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 import speechbrain as sb
 import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau, update_learning_rate
 from speechbrain.utils.distributed import if_main_process
 from tqdm import tqdm
 
+from nass.audio import write_wav
 from nass.augment import random_crop, remix_with_speed_perturb
-from nass.metrics import utterance_metrics
+from nass.metrics import mean_of_defined, utterance_scores
+from nass.pcl import PATCH_WINDOW
 from nass.pit import align
 
 logger = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
+# How validation and test SI-SNR appear in train_log.txt: in dB, higher is better.
+SI_SNR_LOG_KEY = "si-snr_dB"
 
 
 class SeparationBrain(sb.Brain):
@@ -115,10 +116,15 @@ class SeparationBrain(sb.Brain):
         return objective.speaker_loss(est, targets, lengths)
 
     def _valid_frames(self, n_samples, n_frames):
-        """Encoder frames computed from the first ``n_samples`` samples only."""
+        """Encoder frames computed from the first ``n_samples`` samples only.
+
+        At least the patch sampler's window (5 frames, 48 samples with the
+        release's encoder) when the batch has them: an utterance shorter than
+        that lends a few frames of padding rather than stopping training.
+        """
         conv = self.separator_module.encoder.conv1d
         valid = (n_samples - conv.kernel_size[0]) // conv.stride[0] + 1
-        return max(1, min(n_frames, valid))
+        return min(n_frames, max(PATCH_WINDOW, valid))
 
     @property
     def separator_module(self):
@@ -179,14 +185,22 @@ class SeparationBrain(sb.Brain):
             self.skipped_steps = 0
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs, anneals the learning rate and keeps the best checkpoint."""
-        stats = {"si-snr": stage_loss}
+        """Logs, anneals the learning rate and keeps the best checkpoint.
+
+        The logs show the training loss as ``loss`` and, for validation and
+        test, the speakers' SI-SNR in dB with its true sign (higher is
+        better); checkpoints keep the loss under the release's ``si-snr``
+        key (lower is better), so the release's checkpoints are ranked alike.
+        """
         if stage == sb.Stage.TRAIN:
+            stats = {"loss": stage_loss}
             for name, (total, count) in self._terms.items():
                 stats[f"{name}_loss"] = total / max(count, 1)
             stats["skipped_steps"] = self.skipped_steps
             self.train_stats = stats
-        elif stage == sb.Stage.VALID:
+            return
+        stats = {SI_SNR_LOG_KEY: -stage_loss}
+        if stage == sb.Stage.VALID:
             scheduler = self.hparams.lr_scheduler
             if isinstance(scheduler, ReduceLROnPlateau):
                 current_lr, next_lr = scheduler([self.optimizer], epoch, stage_loss)
@@ -223,7 +237,8 @@ class SeparationBrain(sb.Brain):
         self.modules.eval()
         rows, saved = [], 0
         objective = self.hparams.objective
-        for batch in tqdm(loader, dynamic_ncols=True, disable=not if_main_process()):
+        quiet = self.noprogressbar or not if_main_process()
+        for batch in tqdm(loader, dynamic_ncols=True, disable=quiet):
             with torch.no_grad(), self.evaluation_ctx:
                 predictions = self.compute_forward(batch, sb.Stage.TEST)
             est = predictions["estimates"].float()
@@ -231,13 +246,16 @@ class SeparationBrain(sb.Brain):
             aligned = align(est, assignment)[0].cpu()
             mix = predictions["mix"][0].float().cpu()
             speakers = aligned[:, : self.hparams.num_spks]
-            metrics = utterance_metrics(speakers, predictions["speakers"][0].float().cpu(), mix)
+            metrics, problems = utterance_scores(
+                speakers, predictions["speakers"][0].float().cpu(), mix)
+            if problems:
+                logger.warning("test utterance %s: %s", batch.id[0], "; ".join(problems))
             rows.append({"snt_id": batch.id[0], **metrics})
             if self.hparams.save_audio and saved < self.hparams.n_audio_to_save:
                 noise = aligned[:, -1] if self.hparams.noise_output else None
                 self._save_audio(batch.id[0], mix, speakers, noise)
                 saved += 1
-        averages = {k: float(np.mean([r[k] for r in rows])) for k in RESULT_COLUMNS[1:]}
+        averages, excluded = mean_of_defined(rows, RESULT_COLUMNS[1:])
         if if_main_process():
             with open(out_file, "w", newline="") as fout:
                 writer = csv.DictWriter(fout, fieldnames=RESULT_COLUMNS)
@@ -245,7 +263,10 @@ class SeparationBrain(sb.Brain):
                 writer.writerows(rows)
                 writer.writerow({"snt_id": "avg", **averages})
             for key, value in averages.items():
-                logger.info("Mean %s is %.3f", key, value)
+                logger.info("Mean %s is %.3f dB", key, value)
+            for key, ids in excluded.items():
+                logger.warning("The avg %s leaves out %d of %d utterance(s) where it is NaN: %s",
+                               key, len(ids), len(rows), ", ".join(ids))
         self.on_stage_end(sb.Stage.TEST, -averages["si-snr"])
         return rows, averages
 
@@ -259,10 +280,4 @@ class SeparationBrain(sb.Brain):
         if noise is not None:
             signals["noise"] = noise
         for name, sig in signals.items():
-            peak = sig.abs().max().clamp(min=1e-8)
-            sf.write(
-                os.fspath(folder / f"{snt_id}_{name}.wav"),
-                (sig / peak * 0.9).numpy(),
-                self.hparams.sample_rate,
-                subtype="FLOAT",
-            )
+            write_wav(folder / f"{snt_id}_{name}.wav", sig, self.hparams.sample_rate, normalize=True)

@@ -19,6 +19,10 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose tensors do not fit the model built from the hparams."""
 
 
+class CorruptCheckpointError(CheckpointMismatchError):
+    """A checkpoint file that cannot be read at all (truncated, overwritten, not PyTorch's)."""
+
+
 def list_checkpoints(folder):
     """``CKPT+*`` folders in ``folder``, or ``[folder]`` if it is one itself."""
     folder = Path(folder)
@@ -126,7 +130,7 @@ def check_fit(modules, ckpt_dir, hparams_name="the hparams"):
         How to name the model's source in the message (the yaml file).
     """
     ckpt_dir = Path(ckpt_dir)
-    problems = []
+    problems, corrupt = [], []
     for name, module in modules.items():
         path = ckpt_dir / f"{name}.ckpt"
         if not path.is_file():
@@ -134,10 +138,17 @@ def check_fit(modules, ckpt_dir, hparams_name="the hparams"):
             continue
         try:
             saved = load_state(path)
-        except Exception as err:  # a corrupt file: say which, whatever torch raised
-            problems.append(f"{path.name} cannot be read ({type(err).__name__}: {err})")
+        except Exception as err:  # whatever torch raised, the file is unusable
+            # torch's own message advises weights_only=False, i.e. running the
+            # file's code: not advice to pass on about a file that is broken.
+            corrupt.append(f"{path.name} ({type(err).__name__})")
             continue
         problems.extend(_compare(name, module.state_dict(), saved))
+    if corrupt:
+        raise CorruptCheckpointError(
+            f"checkpoint {ckpt_dir} is corrupt: {', '.join(corrupt)} cannot be read as a PyTorch "
+            f"state dict (cut short or overwritten?); use another checkpoint"
+        )
     if problems:
         raise CheckpointMismatchError(
             f"checkpoint {ckpt_dir} does not fit the model built from {hparams_name}:\n"

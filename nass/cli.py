@@ -8,15 +8,24 @@ input's sample rate and length, holding the model's values unchanged unless
 HyperPyYAML overrides of the hparams file, as on a recipe's command line;
 they must describe the trained model.
 
-An input that cannot be separated (missing, unreadable, empty, shorter than
-the encoder's kernel, all zero, or whose outputs exist without
-``--overwrite``) gets one line on stderr naming it and the reason; the
-others are still separated, and the exit status is 1 if any failed.
+Before anything is separated, the run is refused (exit status 1) if the
+model cannot be loaded, if ``--out-dir`` cannot be written to, or if two
+inputs would write the same output (``d1/talk.wav`` and ``d2/talk.wav`` into
+one ``--out-dir``, ``talk.wav`` beside ``talk.flac``) or an output would
+replace an input. After that, an input that cannot be separated (missing,
+unreadable, empty, shorter than the encoder's kernel, all zero, or whose
+outputs exist without ``--overwrite``) gets one line on stderr naming it
+and the reason; the others are still separated, and the exit status is 1
+if any failed. A WAV file cut short is separated as far as it goes, with a
+warning saying how much of it is missing.
 
 ``nass plot MIX.wav [OUTPUT.wav ...] -o fig.png`` stacks the spectrograms of
 a mixture and its outputs (found beside it, or by ``--prefix``, when none
 are given). ``nass demo`` trains, evaluates and uses a small model on data
-shipped with the package (:mod:`nass.demo`).
+shipped with the package (:mod:`nass.demo`; imported only when run, as it
+brings in the training stack).
+
+Errors are one line without a traceback; set ``NASS_DEBUG=1`` to see it.
 
 Example
 -------
@@ -26,23 +35,27 @@ Example
 
 import argparse
 import logging
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
-from nass.chunking import DEFAULT_OVERLAP
-from nass.demo import DemoError, run_demo
-from nass.inference import (
-    DEFAULT_CHUNK_SECONDS,
+from nass.audio import (
     AudioInputError,
-    Separator,
-    output_paths,
+    OutputPathError,
+    TruncatedAudioWarning,
+    check_out_dir,
+    find_outputs,
+    plan_outputs,
     read_audio,
     save_sources,
 )
-from nass.plot import find_outputs, plot_spectrograms
+from nass.chunking import DEFAULT_OVERLAP
+from nass.inference import DEFAULT_CHUNK_SECONDS, Separator
 
 # argparse itself exits with 2 on usage errors.
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -114,18 +127,29 @@ def separate_command(args, overrides):
     except Exception as err:  # any failure to build or load the model is one message, not a trace
         _error(f"cannot load the model: {err}")
         return EXIT_FAILED
+    try:
+        plan = plan_outputs(args.inputs, separator.source_names, args.out_dir)
+        if args.out_dir is not None:
+            check_out_dir(args.out_dir)
+    except OutputPathError as err:
+        _error(f"{err}; nothing was separated")
+        return EXIT_FAILED
     print(f"nass separate: using checkpoint {separator.checkpoint}")
     failed = 0
-    for path in tqdm(args.inputs, disable=None, unit="file", desc="files"):
-        paths = output_paths(path, separator.source_names, args.out_dir)
+    for path, paths in tqdm(plan.items(), disable=None, unit="file", desc="files"):
         try:
             existing = [p.name for p in paths.values() if p.exists()]
             if existing and not args.overwrite:
                 verb = "exists" if len(existing) == 1 else "exist"
                 raise FileExistsError(
-                    f"{', '.join(existing)} already {verb} (use --overwrite to replace)"
+                    f"{', '.join(existing)} already {verb} from before this run "
+                    f"(use --overwrite to replace)"
                 )
-            waveform, sample_rate = read_audio(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", TruncatedAudioWarning)
+                waveform, sample_rate = read_audio(path)
+            for warning in caught:
+                _error(str(warning.message), kind="warning")
             sources = separator.separate_tensor(waveform, sample_rate)
             save_sources(sources, sample_rate, paths, overwrite=args.overwrite,
                          normalize=args.normalize)
@@ -143,17 +167,22 @@ def separate_command(args, overrides):
 def plot_command(args):
     """``nass plot``: one PNG of the mixture's and its outputs' spectrograms."""
     mixture = Path(args.mixture)
+    if not mixture.is_file():
+        _error(f"no such mixture file: {mixture}", command="plot")
+        return EXIT_FAILED
     outputs = args.outputs or find_outputs(mixture, args.prefix)
     if not outputs:
         prefix = args.prefix or mixture.with_suffix("")
         _error(f"no separated outputs found ({prefix}_spk*.wav, {prefix}_noise.wav); "
                f"give them as arguments or point --prefix at them", command="plot")
         return EXIT_FAILED
-    missing = [str(p) for p in [mixture, *outputs] if not Path(p).is_file()]
+    missing = [str(p) for p in outputs if not Path(p).is_file()]
     if missing:
         _error(f"no such file(s): {', '.join(missing)}", command="plot")
         return EXIT_FAILED
     out_png = Path(args.output) if args.output else mixture.with_name(f"{mixture.stem}_spectrograms.png")
+    from nass.plot import plot_spectrograms  # matplotlib: only when plotting
+
     try:
         plot_spectrograms([mixture, *outputs], out_png)
     except (OSError, RuntimeError, ValueError) as err:
@@ -165,6 +194,8 @@ def plot_command(args):
 
 def demo_command(args):
     """``nass demo``: the whole pipeline on shipped data (see :mod:`nass.demo`)."""
+    from nass.demo import DemoError, run_demo  # the training stack: only for the demo
+
     try:
         run_demo(args.out_dir, minutes=args.minutes, seed=args.seed, epochs=args.epochs,
                  quick=args.quick)
@@ -183,8 +214,10 @@ def _without_torchvision_warning(record):
     return "torchvision" not in record.getMessage()
 
 
-def _error(message, command="separate"):
-    tqdm.write(f"nass {command}: error: {message}", file=sys.stderr)
+def _error(message, command="separate", kind="error"):
+    tqdm.write(f"nass {command}: {kind}: {message}", file=sys.stderr)
+    if kind == "error" and os.environ.get("NASS_DEBUG") and sys.exc_info()[0] is not None:
+        traceback.print_exc()
 
 
 def _parser():

@@ -41,20 +41,20 @@ Example
 
 import logging
 import math
-import os
 import re
-import secrets
 from collections import OrderedDict
 from pathlib import Path
 
-import soundfile as sf
 import torch
 import torchaudio
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
+# output_paths and save_sources are imported from here by existing callers.
+from nass.audio import AudioInputError, output_paths, read_audio, save_sources, source_names  # noqa: F401
 from nass.checkpoints import best_checkpoint, check_fit, load_state
 from nass.chunking import DEFAULT_OVERLAP, separate_in_chunks
+from nass.overrides import check_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -66,37 +66,11 @@ logger = logging.getLogger(__name__)
 # shorter) in one pass, i.e. exactly as the recipe's evaluation and the
 # reference implementation do; use shorter windows (8 s) for speed.
 DEFAULT_CHUNK_SECONDS = 30.0
-# Peak of a normalised output: a little headroom, as the recipe's saved audio.
-NORMALIZED_PEAK = 0.9
 # speech_likeness frames: 64 ms resolve the harmonics of low voices (16 Hz bins).
 FRAME_SECONDS = 0.064
 # Power floor relative to a signal's mean power (-60 dB): keeps the logs of
 # digital silence finite.
 POWER_FLOOR = 1e-6
-
-
-class AudioInputError(ValueError):
-    """An input that cannot be separated: missing, unreadable, empty, too short, silent."""
-
-
-def read_audio(path):
-    """``(waveform [channels, T] float32, sample_rate)`` of any file soundfile reads.
-
-    Raises :class:`AudioInputError` saying why the file cannot be used (the
-    caller names the file).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise AudioInputError("no such file")
-    if not path.is_file():
-        raise AudioInputError("not a file")
-    try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioInputError(f"cannot be read as audio ({err})") from None
-    if data.shape[0] == 0:
-        raise AudioInputError("empty (no samples)")
-    return torch.from_numpy(data.T.copy()), int(sample_rate)
 
 
 def speech_likeness(signal, sample_rate):
@@ -268,8 +242,7 @@ class Separator:
     @property
     def source_names(self):
         """``["spk1", .., "spkC"]``, then ``"noise"`` when the model has a noise output."""
-        names = [f"spk{k}" for k in range(1, self.model.num_spks + 1)]
-        return names + (["noise"] if self.model.noise_output else [])
+        return source_names(self.model.num_spks, self.model.noise_output)
 
     def separate_file(self, path):
         """Separates an audio file; the sources are at the file's sample rate and length.
@@ -342,6 +315,12 @@ class Separator:
     @staticmethod
     def _mono(waveform):
         if waveform.dim() == 2:
+            if waveform.shape[0] > waveform.shape[1]:
+                raise AudioInputError(
+                    f"expected a [channels, T] waveform, got shape {tuple(waveform.shape)}: "
+                    f"{waveform.shape[0]} channels of {waveform.shape[1]} samples each; if it "
+                    f"is [T, channels], pass waveform.T"
+                )
             waveform = waveform.mean(dim=0)
         if waveform.dim() != 1:
             raise AudioInputError(
@@ -374,18 +353,21 @@ def load_hparams(hparams_file, overrides=None):
 
     The data folder is set to the file's own folder (nothing is read from it)
     and the checkpointer is left out (it would create the output folder).
-    Overrides must name top-level settings of the file.
+    Overrides must name settings of the model (:func:`nass.overrides.check_overrides`).
     """
     hparams_file = Path(hparams_file)
     if not hparams_file.is_file():
         raise FileNotFoundError(f"no hparams file {hparams_file}")
-    text = hparams_file.read_text(encoding="utf-8")
-    settings = set(re.findall(r"^([A-Za-z_]\w*)\s*:", text, flags=re.MULTILINE))
+    try:
+        text = hparams_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{hparams_file} is not a YAML hparams file (not text)") from None
     if isinstance(overrides, str):
         overrides = yaml.safe_load(overrides) or {}
-    unknown = sorted(set(overrides or {}) - settings)
-    if unknown:
-        raise ValueError(f"{hparams_file} has no setting(s) {', '.join(unknown)} to override")
+    check_overrides(overrides or {}, text, str(hparams_file), purpose="inference")
+    settings = set(re.findall(r"^([A-Za-z_]\w*)\s*:", text, flags=re.MULTILINE))
+    if "separator" not in settings:
+        raise ValueError(f"{hparams_file} builds no `separator`: not a NASS recipe hparams file")
     merged = {}
     if "data_folder" in settings:
         merged["data_folder"] = str(hparams_file.parent.resolve())
@@ -400,60 +382,6 @@ def load_hparams(hparams_file, overrides=None):
 def load_model(hparams_file, overrides=None):
     """The (untrained) ``separator`` of a recipe's hparams file."""
     return load_hparams(hparams_file, overrides)["separator"]
-
-
-def output_paths(input_path, source_names, out_dir=None):
-    """``{name: <out_dir>/<input stem>_<name>.wav}``; ``out_dir`` defaults to the input's folder.
-
-    >>> {k: str(v) for k, v in output_paths("rec/talk.flac", ["spk1", "noise"], "out").items()}
-    {'spk1': 'out/talk_spk1.wav', 'noise': 'out/talk_noise.wav'}
-    """
-    input_path = Path(input_path)
-    folder = Path(out_dir) if out_dir is not None else input_path.parent
-    return OrderedDict((name, folder / f"{input_path.stem}_{name}.wav") for name in source_names)
-
-
-def save_sources(sources, sample_rate, paths, overwrite=False, normalize=False):
-    """Writes each source to its path as 32-bit float WAV, atomically.
-
-    Each file is written to a temporary name in the same folder, then renamed
-    over the final name, so a reader never sees a half-written file and an
-    interrupted run leaves no truncated output.
-
-    Arguments
-    ---------
-    sources : dict
-        ``{name: [T] tensor}``, e.g. from :meth:`Separator.separate_tensor`.
-    sample_rate : int
-    paths : dict
-        ``{name: Path}``, e.g. from :func:`output_paths`.
-    overwrite : bool
-        Replace existing files; otherwise an existing file raises FileExistsError.
-    normalize : bool
-        Scale each source to a peak of :data:`NORMALIZED_PEAK` (for
-        listening); otherwise the model's values are written unchanged.
-    """
-    if not overwrite:
-        existing = [str(p) for p in paths.values() if Path(p).exists()]
-        if existing:
-            raise FileExistsError(f"{', '.join(existing)} already exist(s); use overwrite to replace")
-    for name, signal in sources.items():
-        values = signal.detach().cpu().float()
-        peak = values.abs().max()
-        if normalize and peak > 0:
-            values = values * (NORMALIZED_PEAK / peak)
-        _write_atomically(Path(paths[name]), values.numpy(), sample_rate)
-
-
-def _write_atomically(path, values, sample_rate):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        sf.write(str(partial), values, sample_rate, subtype="FLOAT", format="WAV")
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
 
 
 def _fit_length(signals, length):

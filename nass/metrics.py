@@ -241,6 +241,90 @@ def utterance_metrics(estimates, references, mixture):
     True
     """
     name = "utterance_metrics"
+    est, ref, mix = _utterance_arrays(estimates, references, mixture, name)
+    for array, arg in ((est.T, "estimates"), (ref.T, "references"), (mix[None], "mixture")):
+        _check_finite(array, arg, name)
+        _check_not_silent(array, arg, name)
+    return {**_si_snr_scores(est, ref, mix), **_sdr_scores(est, ref, mix)}
+
+
+def utterance_scores(estimates, references, mixture):
+    """:func:`utterance_metrics` for any test utterance: what is undefined is NaN, and why.
+
+    An evaluation must not stop at one odd utterance, nor drop it silently:
+
+    * a silent or non-finite reference or mixture, or non-finite estimates:
+      every score is NaN (nothing is measured against nothing);
+    * fewer samples than BSS-Eval's 512-tap distortion filter, or a silent
+      estimate: SDR and SDRi are NaN (BSS-Eval is undefined there); SI-SNR
+      is still computed (a silent estimate scores SpeechBrain's floor, about
+      -80 dB, and so counts against the model).
+
+    Returns
+    -------
+    (dict, list of str)
+        The four scores (float, NaN where undefined) and the reasons for
+        each NaN (empty when all four are defined).
+
+    Example
+    -------
+    >>> t = np.arange(300)
+    >>> s1, s2 = np.sin(0.1 * t), np.sin(0.23 * t)
+    >>> refs = np.stack([s1, s2], axis=-1)
+    >>> scores, why = utterance_scores(refs + 0.01, refs, s1 + s2)
+    >>> round(scores["si-snr"]) > 30, bool(np.isnan(scores["sdr"])), why
+    (True, True, ['300 samples, fewer than the 512 BSS-Eval needs: no SDR'])
+    >>> scores, why = utterance_scores(refs, np.stack([s1, 0 * s2], axis=-1), s1)
+    >>> all(np.isnan(v) for v in scores.values()), why
+    (True, ['reference(s) [1] all zero: no score'])
+    """
+    est, ref, mix = _utterance_arrays(estimates, references, mixture, "utterance_scores")
+    scores = dict.fromkeys(("si-snr", "si-snr_i", "sdr", "sdr_i"), float("nan"))
+    for array, arg in ((ref.T, "reference(s)"), (mix[None], "mixture"), (est.T, "estimate(s)")):
+        if not np.isfinite(array).all():
+            return scores, [f"{arg} not finite: no score"]
+    for array, arg in ((ref.T, "reference(s)"), (mix[None], "mixture")):
+        silent = np.flatnonzero(~array.any(axis=-1))
+        if silent.size:
+            which = f" {silent.tolist()}" if arg != "mixture" else ""
+            return scores, [f"{arg}{which} all zero: no score"]
+    scores.update(_si_snr_scores(est, ref, mix))
+    silent = np.flatnonzero(~est.T.any(axis=-1))
+    if est.shape[0] < SDR_FILTER_LENGTH:
+        return scores, [f"{est.shape[0]} samples, fewer than the {SDR_FILTER_LENGTH} "
+                        f"BSS-Eval needs: no SDR"]
+    if silent.size:
+        return scores, [f"estimate(s) {silent.tolist()} all zero: no SDR"]
+    scores.update(_sdr_scores(est, ref, mix))
+    return scores, []
+
+
+def mean_of_defined(rows, keys):
+    """Per key, the mean over the rows where it is not NaN, and the ``snt_id`` of the others.
+
+    Returns
+    -------
+    (dict, dict)
+        ``{key: mean}`` (NaN when no row has it) and ``{key: [snt_id, ...]}``
+        of the rows left out, for the keys that left any out.
+
+    >>> mean_of_defined([{"snt_id": "a", "sdr": 4.0}, {"snt_id": "b", "sdr": float("nan")},
+    ...                  {"snt_id": "c", "sdr": 6.0}], ["sdr"])
+    ({'sdr': 5.0}, {'sdr': ['b']})
+    """
+    means, left_out = {}, {}
+    for key in keys:
+        values = [float(row[key]) for row in rows]
+        defined = [v for v in values if not np.isnan(v)]
+        means[key] = float(np.mean(defined)) if defined else float("nan")
+        missing = [str(row["snt_id"]) for row, v in zip(rows, values) if np.isnan(v)]
+        if missing:
+            left_out[key] = missing
+    return means, left_out
+
+
+def _utterance_arrays(estimates, references, mixture, name):
+    """``(est [T, C], ref [T, C], mix [T])`` float64 arrays, their shapes checked."""
     est = _to_float64_numpy(estimates, "estimates", name)
     ref = _to_float64_numpy(references, "references", name)
     mix = _to_float64_numpy(mixture, "mixture", name)
@@ -258,30 +342,29 @@ def utterance_metrics(estimates, references, mixture):
             f"{name}: mixture has shape {mix.shape}, expected {est.shape[:1]} "
             f"([T] as in estimates)"
         )
-    # Time last from here on: [C, T] for the references, estimates, mixture copies.
-    est, ref = est.T, ref.T
-    mix_copies = np.broadcast_to(mix, ref.shape)
-    for array, arg in ((est, "estimates"), (ref, "references"), (mix[None], "mixture")):
-        _check_finite(array, arg, name)
-        _check_not_silent(array, arg, name)
+    return est, ref, mix
 
-    est_t, ref_t = torch.from_numpy(est), torch.from_numpy(ref)
+
+def _si_snr_scores(est, ref, mix):
+    """``si-snr`` (best permutation) and ``si-snr_i`` of ``[T, C]`` arrays."""
+    est_t, ref_t = torch.from_numpy(est.T.copy()), torch.from_numpy(ref.T.copy())
     pairs = pairwise_si_snr(est_t.T[None], ref_t.T[None])[0]  # [C estimates, C refs]
-    n_spk = ref.shape[0]
+    n_spk = ref.shape[1]
     best_si_snr = max(
         pairs[list(perm), range(n_spk)].mean().item()
         for perm in itertools.permutations(range(n_spk))
     )
     # Every permutation of identical estimates is the same: no PIT needed.
-    mix_si_snr = si_snr(torch.from_numpy(np.ascontiguousarray(mix_copies)), ref_t)
-    mean_sdr = float(sdr(est, ref).mean())
-    mix_sdr = float(sdr(mix_copies, ref).mean())
-    return {
-        "si-snr": best_si_snr,
-        "si-snr_i": best_si_snr - mix_si_snr.mean().item(),
-        "sdr": mean_sdr,
-        "sdr_i": mean_sdr - mix_sdr,
-    }
+    mix_copies = np.ascontiguousarray(np.broadcast_to(mix, ref.T.shape))
+    mix_si_snr = si_snr(torch.from_numpy(mix_copies), ref_t)
+    return {"si-snr": best_si_snr, "si-snr_i": best_si_snr - mix_si_snr.mean().item()}
+
+
+def _sdr_scores(est, ref, mix):
+    """``sdr`` and ``sdr_i`` of ``[T, C]`` arrays (BSS-Eval's own permutation)."""
+    mean_sdr = float(sdr(est.T, ref.T).mean())
+    mix_sdr = float(sdr(np.broadcast_to(mix, ref.T.shape), ref.T).mean())
+    return {"sdr": mean_sdr, "sdr_i": mean_sdr - mix_sdr}
 
 
 def _to_float64_numpy(x, arg, caller):

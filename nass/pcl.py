@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # The two 3x3 convolutions make every output position depend on a 5x5 window.
-_WINDOW = 5
-_SHRINK = _WINDOW - 1
+PATCH_WINDOW = 5
+_SHRINK = PATCH_WINDOW - 1
 # The reference normalises with ``x / (||x|| + 1e-7)``; keep it for equal losses.
 _NORM_EPS = 1e-7
 # Logit given to a query's dot product with the negative at its own position.
@@ -127,7 +127,7 @@ class PatchSampler(nn.Module):
         batch = shape[0]
         stacked = torch.stack(reps).reshape(len(reps) * batch, n_channels * n_frames)
         windows = stacked[:, self._window_index(patch_ids, n_frames)]
-        windows = windows.reshape(-1, 1, _WINDOW, _WINDOW)
+        windows = windows.reshape(-1, 1, PATCH_WINDOW, PATCH_WINDOW)
         picked = self.conv(windows.to(self.conv[0].weight.dtype)).reshape(-1, 1)
         emb = self.mlp(picked).float()
         emb = emb / (emb.norm(p=2, dim=1, keepdim=True) + _NORM_EPS)
@@ -139,7 +139,7 @@ class PatchSampler(nn.Module):
         """Flat indices ``[K * 25]`` of the 5x5 input window under each position."""
         width = n_frames - _SHRINK
         rows, cols = patch_ids // width, patch_ids % width
-        offsets = torch.arange(_WINDOW, device=patch_ids.device)
+        offsets = torch.arange(PATCH_WINDOW, device=patch_ids.device)
         idx = (rows[:, None, None] + offsets[None, :, None]) * n_frames
         idx = idx + cols[:, None, None] + offsets[None, None, :]
         return idx.reshape(-1)
@@ -151,10 +151,10 @@ class PatchSampler(nn.Module):
                 f"PatchSampler: {name} must be [B, N, L], got shape {tuple(shape)}"
             )
         _, n_channels, n_frames = shape
-        if n_channels < _WINDOW or n_frames < _WINDOW:
+        if n_channels < PATCH_WINDOW or n_frames < PATCH_WINDOW:
             raise ValueError(
                 f"PatchSampler: {name} has shape {tuple(shape)}; the two 3x3 convolutions "
-                f"need N >= {_WINDOW} and L >= {_WINDOW}"
+                f"need N >= {PATCH_WINDOW} and L >= {PATCH_WINDOW}"
             )
         return n_channels, n_frames
 

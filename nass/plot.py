@@ -24,38 +24,19 @@ Example
 (['talk_spk1.wav', 'talk_noise.wav'], b'\\x89PNG')
 """
 
-import re
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import spectrogram
+
+from nass.audio import find_outputs, read_audio
 
 # 32 ms frames with 75 % overlap: the usual resolution for looking at speech.
 FRAME_SECONDS = 0.032
 # Colours span this many dB below the loudest bin; quieter bins are all dark.
 DYNAMIC_RANGE_DB = 80.0
-
-
-def find_outputs(mixture, prefix=None):
-    """The separated outputs of ``mixture``: ``<prefix>_spk1.wav, .., <prefix>_noise.wav``.
-
-    These are the names ``nass separate`` writes; ``prefix`` defaults to the
-    mixture's path without its extension (outputs beside the input), and may
-    point elsewhere (``out/talk`` for ``nass separate --out-dir out talk.wav``).
-    Speakers come in numerical order, the noise last.
-    """
-    prefix = Path(prefix) if prefix is not None else Path(mixture).with_suffix("")
-    pattern = re.compile(re.escape(prefix.name) + r"_spk(\d+)\.wav$")
-    speakers = sorted(
-        (int(match.group(1)), path)
-        for path in prefix.parent.glob("*.wav")
-        if (match := pattern.match(path.name))
-    )
-    noise = prefix.parent / f"{prefix.name}_noise.wav"
-    return [path for _, path in speakers] + ([noise] if noise.is_file() else [])
 
 
 def plot_spectrograms(paths, out_png, titles=None):
@@ -97,15 +78,16 @@ def plot_spectrograms(paths, out_png, titles=None):
     fig.colorbar(image, ax=list(axes), label="dB", shrink=0.8)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    # An explicit format: matplotlib would otherwise add ".png" to a name without it.
+    fig.savefig(out_png, dpi=100, format="png")
     return out_png
 
 
 def _spectrogram_db(path):
     """``(duration s, top frequency kHz, power dB [F, N])`` of a file, downmixed to mono."""
-    signal, sample_rate = sf.read(str(path), dtype="float64", always_2d=True)
-    duration = signal.shape[0] / sample_rate
-    signal = signal.mean(axis=1)
+    waveform, sample_rate = read_audio(path)
+    duration = waveform.shape[1] / sample_rate
+    signal = waveform.double().mean(dim=0).numpy()
     frame = max(16, round(FRAME_SECONDS * sample_rate))
     if signal.size < frame:
         signal = np.pad(signal, (0, frame - signal.size))

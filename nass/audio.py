@@ -1,0 +1,269 @@
+"""Audio files: reading and checking inputs, naming and writing outputs.
+
+Everything in nass that reads a recording to separate or writes separated
+audio goes through here (``nass separate``, :class:`nass.inference.Separator`,
+the recipes' saved test audio, ``nass demo``, ``nass plot``), so that:
+
+* inputs are read the same way, and a WAV file cut short (its header
+  declares more samples than the file holds) is read with a warning that
+  says how much is missing, never silently;
+* outputs are named the same way (``<stem>_spk1.wav .. <stem>_spkC.wav``,
+  ``<stem>_noise.wav``; :func:`output_paths`) and found again from that one
+  rule (:func:`find_outputs`);
+* outputs are written the same way: 32-bit float WAV, to a hidden
+  ``.<name>.<random>.part`` file renamed over the final name, so no reader
+  sees a half-written file; parts left by a killed run are removed when the
+  same output is written again.
+
+Example
+-------
+>>> import tempfile
+>>> import torch
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     paths = output_paths(f"{tmp}/talk.flac", ["spk1", "spk2", "noise"], out_dir=tmp)
+...     save_sources({name: torch.full((800,), 0.1) for name in paths}, 8000, paths)
+...     waveform, rate = read_audio(paths["spk2"])
+...     [p.name for p in find_outputs(f"{tmp}/talk.flac")], tuple(waveform.shape), rate
+(['talk_spk1.wav', 'talk_spk2.wav', 'talk_noise.wav'], (1, 800), 8000)
+"""
+
+import glob
+import os
+import re
+import secrets
+import struct
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+# Peak of a normalised output: a little headroom.
+NORMALIZED_PEAK = 0.9
+# What an output's name adds to its input's stem: ``_spk<k>`` or ``_noise``.
+SPEAKER_PREFIX, NOISE_NAME = "spk", "noise"
+
+
+class AudioInputError(ValueError):
+    """An input that cannot be separated: missing, unreadable, empty, too short, silent."""
+
+
+class OutputPathError(OSError):
+    """Outputs that cannot be written where asked, or that two inputs would share."""
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file that holds fewer samples than its header declares (a copy or a recording cut short)."""
+
+
+def source_names(num_spks, noise_output):
+    """``["spk1", .., "spkC"]``, then ``"noise"`` with a noise output.
+
+    >>> source_names(2, True)
+    ['spk1', 'spk2', 'noise']
+    """
+    names = [f"{SPEAKER_PREFIX}{k}" for k in range(1, num_spks + 1)]
+    return names + ([NOISE_NAME] if noise_output else [])
+
+
+def read_audio(path):
+    """``(waveform [channels, T] float32, sample_rate)`` of any file soundfile reads.
+
+    Raises :class:`AudioInputError` saying why the file cannot be used (the
+    caller names the file). A WAV file shorter than its header says is read
+    as far as it goes, with a :class:`TruncatedAudioWarning` naming it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioInputError("no such file")
+    if not path.is_file():
+        raise AudioInputError("not a file")
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioInputError(f"cannot be read as audio ({err})") from None
+    if data.shape[0] == 0:
+        raise AudioInputError("empty (no samples)")
+    declared = declared_wav_frames(path)
+    if declared is not None and declared > data.shape[0]:
+        warnings.warn(TruncatedAudioWarning(
+            f"{path}: truncated: its header declares {declared} samples "
+            f"({declared / sample_rate:.2f} s) but only {data.shape[0]} "
+            f"({data.shape[0] / sample_rate:.2f} s) are in the file; using those"
+        ), stacklevel=2)
+    return torch.from_numpy(data.T.copy()), int(sample_rate)
+
+
+def declared_wav_frames(path):
+    """The number of frames a RIFF/WAVE file's header declares, or None.
+
+    None for other formats, and for headers that declare no length (0 or
+    0xFFFFFFFF, as streaming writers leave it). libsndfile reports the frames
+    actually present, so comparing the two finds files cut short.
+
+    >>> import tempfile, numpy as np
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     sf.write(f"{tmp}/a.wav", np.zeros(1000), 8000, subtype="PCM_16")
+    ...     whole = Path(f"{tmp}/a.wav").read_bytes()
+    ...     _ = Path(f"{tmp}/cut.wav").write_bytes(whole[:len(whole) - 600])
+    ...     declared_wav_frames(f"{tmp}/cut.wav"), sf.info(f"{tmp}/cut.wav").frames
+    (1000, 700)
+    """
+    with open(path, "rb") as fin:
+        head = fin.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = fin.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = fin.read(size)
+                if len(fmt) < 14:
+                    return None
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+                fin.seek(size % 2, os.SEEK_CUR)
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                fin.seek(size + size % 2, os.SEEK_CUR)
+
+
+def output_paths(input_path, names, out_dir=None):
+    """``{name: <out_dir>/<input stem>_<name>.wav}``; ``out_dir`` defaults to the input's folder.
+
+    >>> {k: str(v) for k, v in output_paths("rec/talk.flac", ["spk1", "noise"], "out").items()}
+    {'spk1': 'out/talk_spk1.wav', 'noise': 'out/talk_noise.wav'}
+    """
+    input_path = Path(input_path)
+    folder = Path(out_dir) if out_dir is not None else input_path.parent
+    return OrderedDict((name, folder / f"{input_path.stem}_{name}.wav") for name in names)
+
+
+def plan_outputs(inputs, names, out_dir=None):
+    """``{input: output_paths(input)}`` for a run, refusing inputs that would share an output.
+
+    ``d1/talk.wav`` and ``d2/talk.wav`` into one ``out_dir``, or ``a.wav`` and
+    ``a.flac`` beside each other, would overwrite each other's outputs; an
+    input given twice would overwrite its own.
+
+    >>> plan_outputs(["d1/talk.wav", "d2/talk.wav"], ["spk1"], out_dir="out")
+    Traceback (most recent call last):
+    ...
+    nass.audio.OutputPathError: d1/talk.wav and d2/talk.wav would both be written to out/talk_spk1.wav, ...; rename one, or separate them into different --out-dir folders
+    """
+    plan, owners = OrderedDict(), {}
+    given = {os.path.abspath(path): path for path in inputs}
+    for path in inputs:
+        paths = output_paths(path, names, out_dir)
+        for output in paths.values():
+            if os.path.abspath(output) in given:
+                raise OutputPathError(
+                    f"{path} would be separated into {output}, which is an input of this run; "
+                    f"write the outputs elsewhere with --out-dir"
+                )
+        first = os.path.abspath(next(iter(paths.values())))
+        if first in owners:
+            other = owners[first]
+            raise OutputPathError(
+                f"{path} is given twice" if os.path.abspath(other) == os.path.abspath(path) else
+                f"{other} and {path} would both be written to {next(iter(paths.values()))}, ...; "
+                f"rename one, or separate them into different --out-dir folders"
+            )
+        owners[first] = path
+        plan[path] = paths
+    return plan
+
+
+def check_out_dir(out_dir):
+    """Creates ``out_dir`` if needed and checks that files can be written there.
+
+    Raises :class:`OutputPathError` saying why not (a file in the way, a
+    folder that cannot be created, no permission to write).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputPathError(f"--out-dir {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".nass-write-test.{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputPathError(
+            f"--out-dir {out_dir} cannot be written to ({err.strerror or err})"
+        ) from None
+
+
+def find_outputs(mixture, prefix=None):
+    """The separated outputs of ``mixture``: ``<prefix>_spk1.wav, .., <prefix>_noise.wav``.
+
+    The names :func:`output_paths` gives; ``prefix`` defaults to the
+    mixture's path without its extension (outputs beside the input), and may
+    point elsewhere (``out/talk`` for ``nass separate --out-dir out talk.wav``).
+    Speakers come in numerical order, the noise last.
+    """
+    prefix = Path(prefix) if prefix is not None else Path(mixture).with_suffix("")
+    pattern = re.compile(re.escape(f"{prefix.name}_{SPEAKER_PREFIX}") + r"(\d+)\.wav$")
+    speakers = sorted(
+        (int(match.group(1)), path)
+        for path in prefix.parent.glob("*.wav")
+        if (match := pattern.match(path.name))
+    )
+    noise = output_paths(prefix, [NOISE_NAME], prefix.parent)[NOISE_NAME]
+    return [path for _, path in speakers] + ([noise] if noise.is_file() else [])
+
+
+def save_sources(sources, sample_rate, paths, overwrite=False, normalize=False):
+    """Writes each source to its path as 32-bit float WAV, atomically.
+
+    Arguments
+    ---------
+    sources : dict
+        ``{name: [T] tensor}``, e.g. from :meth:`nass.inference.Separator.separate_tensor`.
+    sample_rate : int
+    paths : dict
+        ``{name: Path}``, e.g. from :func:`output_paths`.
+    overwrite : bool
+        Replace existing files; otherwise an existing file raises FileExistsError
+        before anything is written.
+    normalize : bool
+        Scale each source to a peak of :data:`NORMALIZED_PEAK` (for
+        listening); otherwise the model's values are written unchanged.
+    """
+    if not overwrite:
+        existing = [str(p) for p in paths.values() if Path(p).exists()]
+        if existing:
+            raise FileExistsError(f"{', '.join(existing)} already exist(s); use overwrite to replace")
+    for name, signal in sources.items():
+        write_wav(paths[name], signal, sample_rate, normalize=normalize)
+
+
+def write_wav(path, signal, sample_rate, normalize=False):
+    """Writes a ``[T]`` signal to ``path`` as 32-bit float WAV, atomically.
+
+    The file is written to ``.<name>.<random>.part`` in the same folder and
+    renamed over ``path``; parts of ``path`` left by a killed run go first.
+    ``normalize`` scales the signal to a peak of :data:`NORMALIZED_PEAK`.
+    """
+    path = Path(path)
+    values = torch.as_tensor(signal).detach().cpu().float()
+    peak = values.abs().max() if values.numel() else 0
+    if normalize and peak > 0:
+        values = values * (NORMALIZED_PEAK / peak)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        stale.unlink(missing_ok=True)
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        sf.write(str(partial), values.numpy(), sample_rate, subtype="FLOAT", format="WAV")
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+

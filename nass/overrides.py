@@ -1,0 +1,156 @@
+"""Checking command-line overrides against an hparams file before anything is built.
+
+HyperPyYAML applies ``--key value`` overrides to whatever the file holds;
+a misspelt key, a value of the wrong kind, or a key that the task at hand
+never reads would otherwise surface as a deep error or as nothing at all.
+:func:`check_overrides` names each of these in one line:
+
+* a key the file does not have, with the closest one it does have;
+* a value whose kind differs from the file's (``--batch_size abc`` where the
+  file has ``1``);
+* for separation (``purpose="inference"``), a key that does not shape the
+  model: only the settings that ``separator``, ``sample_rate`` and
+  ``noise_assignment`` are built from (followed through ``!ref``) change
+  what ``nass separate`` does;
+* any override of the resolved copy SpeechBrain writes to
+  ``<output_folder>/hyperparams.yaml``: its references are already filled
+  in, so a new ``num_spks`` would not reach the model built from it.
+
+Example
+-------
+>>> text = "num_spks: 2\\nlr: 0.001\\nmodel: !new:torch.nn.Linear [!ref <num_spks>, 1]\\n"
+>>> check_overrides({"num_spk": 3}, text, "h.yaml")
+Traceback (most recent call last):
+...
+nass.overrides.OverrideError: --num_spk: h.yaml has no such setting; did you mean --num_spks?
+>>> check_overrides({"lr": "fast"}, text, "h.yaml")
+Traceback (most recent call last):
+...
+nass.overrides.OverrideError: --lr expects a number (h.yaml has 0.001), got 'fast'
+>>> sorted(model_settings(text, ["model"]))
+['model', 'num_spks']
+"""
+
+import difflib
+import re
+
+import yaml
+
+# What ``nass separate`` reads from an hparams file: the model, the rate it
+# was trained at, and how its noise output was trained. Every other setting
+# (training, data, run options such as precision) changes nothing there.
+INFERENCE_ROOTS = ("separator", "sample_rate", "noise_assignment")
+
+# The first lines of the copy ``speechbrain.create_experiment_directory`` saves.
+_RESOLVED_COPY = re.compile(r"\A# Generated [^\n]* from:\n# [^\n]*\n# yamllint disable\n")
+_REF = re.compile(r"<([A-Za-z_]\w*)")
+
+
+class OverrideError(ValueError):
+    """An override that the hparams file cannot take."""
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """Reads HyperPyYAML as plain YAML: tagged values (``!new:``, ``!ref``...) become None."""
+
+
+_PlainLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def plain_settings(text, source="the hparams file"):
+    """``{top-level key: value}`` of an hparams file, with tagged values as None.
+
+    Raises :class:`OverrideError` naming ``source`` if it is not a YAML mapping.
+    """
+    try:
+        settings = yaml.load(text, Loader=_PlainLoader)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise OverrideError(f"{source} is not a YAML hparams file: cannot parse it{line}") from None
+    if not isinstance(settings, dict):
+        raise OverrideError(f"{source} is not a YAML hparams file (expected key: value settings)")
+    return settings
+
+
+def is_resolved_copy(text):
+    """Whether ``text`` is the ``hyperparams.yaml`` SpeechBrain saved in an output folder."""
+    return bool(_RESOLVED_COPY.match(text))
+
+
+def model_settings(text, roots=INFERENCE_ROOTS):
+    """The top-level keys that ``roots`` are built from, following ``!ref <key>`` and ``<key>``.
+
+    A key's block is its line and the indented lines under it.
+    """
+    blocks, current = {}, None
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+        match = re.match(r"([A-Za-z_]\w*)\s*:", line)
+        if match:
+            current = match.group(1)
+            blocks[current] = line[match.end():]
+        elif current is not None and (line.startswith((" ", "\t")) or not line.strip()):
+            blocks[current] += "\n" + line
+        else:
+            current = None
+    needed, todo = set(), [r for r in roots if r in blocks]
+    while todo:
+        key = todo.pop()
+        if key not in needed:
+            needed.add(key)
+            todo.extend(k for k in _REF.findall(blocks[key]) if k in blocks)
+    return needed
+
+
+def check_overrides(overrides, text, source, purpose="training"):
+    """Raises :class:`OverrideError` for the first override ``text`` cannot take.
+
+    Arguments
+    ---------
+    overrides : dict
+        ``{key: value}`` as read from the command line (values parsed as YAML).
+    text : str
+        The hparams file's text.
+    source : str
+        How to name the file in messages.
+    purpose : str
+        ``"training"`` (the recipes) or ``"inference"`` (``nass separate``,
+        which refuses settings that do not shape the model).
+    """
+    settings = plain_settings(text, source)
+    if overrides and is_resolved_copy(text):
+        raise OverrideError(
+            f"{source} is the copy of a run's settings that SpeechBrain saved, with every "
+            f"reference already filled in, so --{next(iter(overrides))} would not reach the "
+            f"model built from it; give it without overrides (it holds the run's own), or use "
+            f"the recipe's hparams file with the run's overrides"
+        )
+    inert = None if purpose != "inference" else set(settings) - model_settings(text)
+    for key, value in overrides.items():
+        if key not in settings:
+            close = difflib.get_close_matches(key, [k for k in settings if not k.startswith("__")], n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise OverrideError(f"--{key}: {source} has no such setting{hint}")
+        if inert is not None and key in inert:
+            raise OverrideError(
+                f"--{key} changes nothing when separating (it is not a setting of the model in "
+                f"{source}); leave it out"
+            )
+        expected = _kind(settings[key])
+        if expected is not None and _kind(value) not in _ACCEPTS[expected]:
+            raise OverrideError(
+                f"--{key} expects {expected} ({source} has {settings[key]!r}), got {value!r}"
+            )
+
+
+_ACCEPTS = {"True or False": {"True or False"}, "a number": {"a number"}}
+
+
+def _kind(value):
+    """The kind of a plain setting that an override must keep, or None when any will do."""
+    if isinstance(value, bool):
+        return "True or False"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return None
