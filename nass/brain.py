@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
 # How validation and test SI-SNR appear in train_log.txt: in dB, higher is better.
-SI_SNR_LOG_KEY = "si-snr_dB"
+SI_SNR_LOG_KEY = "si-snr (dB)"
 
 
 class SeparationBrain(sb.Brain):
@@ -199,7 +199,8 @@ class SeparationBrain(sb.Brain):
             stats["skipped_steps"] = self.skipped_steps
             self.train_stats = stats
             return
-        stats = {SI_SNR_LOG_KEY: -stage_loss}
+        # Formatted here: the logger writes negative numbers in scientific notation.
+        stats = {SI_SNR_LOG_KEY: f"{-float(stage_loss):.2f}"}
         if stage == sb.Stage.VALID:
             scheduler = self.hparams.lr_scheduler
             if isinstance(scheduler, ReduceLROnPlateau):

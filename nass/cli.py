@@ -34,7 +34,6 @@ Example
 """
 
 import argparse
-import logging
 import os
 import sys
 import traceback
@@ -56,6 +55,7 @@ from nass.audio import (
 )
 from nass.chunking import DEFAULT_OVERLAP
 from nass.inference import DEFAULT_CHUNK_SECONDS, Separator
+from nass.logs import quiet_torchvision_note
 
 # argparse itself exits with 2 on usage errors.
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -64,7 +64,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 def main(argv=None):
     """Runs ``nass`` with ``argv`` (``sys.argv[1:]`` by default); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.getLogger("speechbrain.utils.train_logger").addFilter(_without_torchvision_warning)
+    quiet_torchvision_note()
     parser, separate_options = _parser()
     overrides = {}
     if argv[:1] == ["separate"]:
@@ -203,15 +203,6 @@ def demo_command(args):
         _error(str(err), command="demo")
         return EXIT_FAILED
     return EXIT_OK
-
-
-def _without_torchvision_warning(record):
-    # SpeechBrain warns, when the hparams file's train_logger is built, that
-    # without torchvision it cannot save training images: nothing nass uses,
-    # and not worth a line on every run. The warning comes from a module-level
-    # statement whose logger SpeechBrain re-levels on import, so it is
-    # filtered rather than silenced by level.
-    return "torchvision" not in record.getMessage()
 
 
 def _error(message, command="separate", kind="error"):

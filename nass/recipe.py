@@ -8,24 +8,53 @@
 4. Train with :class:`nass.brain.SeparationBrain` (resuming from the newest
    checkpoint), unless ``test_only``.
 5. Evaluate the best checkpoint and write ``test_results.csv``.
+
+Every check that can refuse a run (overrides, the checkpoint to resume or
+evaluate fitting the model) comes before anything is written to the output
+folder, so a refused rerun leaves a finished run's ``hyperparams.yaml``, the
+record of how its checkpoints were trained, as it was. :func:`main` reports
+a user's mistake (a missing or misspelt option, a value of the wrong kind, a
+bad data folder, a checkpoint that does not fit) in one line naming it and
+exits with status 1, and an interrupted run (Ctrl-C) with what it kept and
+status 130; ``NASS_DEBUG=1`` shows the traceback.
 """
 
 import argparse
+import dataclasses
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
 import speechbrain as sb
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.run_opts import RunOptions
 
 from nass.brain import SeparationBrain
-from nass.checkpoints import best_checkpoint, check_fit, list_checkpoints, set_aside_incomplete
-from nass.data.prepare import prepare_layout
+from nass.checkpoints import (
+    CheckpointMismatchError,
+    best_checkpoint,
+    check_fit,
+    list_checkpoints,
+    set_aside_incomplete,
+)
+from nass.data.prepare import DataFolderError, check_data_folder, prepare_layout
+from nass.logs import quiet_torchvision_note
+from nass.overrides import OverrideError, check_overrides
 
 logger = logging.getLogger(__name__)
+
+
+class RecipeError(ValueError):
+    """A run that cannot start as asked; the message says what to change."""
+
+
+# A person's mistakes, answered in one line by main().
+USER_ERRORS = (RecipeError, OverrideError, DataFolderError, CheckpointMismatchError)
 
 MODEL_RECOVERABLES = ("encoder", "masknet", "decoder", "patchsamplenet")
 
@@ -61,7 +90,7 @@ def normalise_flags(argv):
         if value is None or value.lower() == "true":
             out.append(arg)
         elif value.lower() != "false":
-            raise ValueError(f"{arg} takes True or False, got {value!r}")
+            raise RecipeError(f"{arg} takes True or False, got {value!r}")
     return out
 
 
@@ -73,11 +102,44 @@ def run_option(name, run_opts, hparams):
 
 
 def load_hparams(argv):
-    """``(hparams_file, run_opts, overrides, hparams)`` from command-line arguments."""
+    """``(hparams_file, run_opts, overrides, hparams)`` from command-line arguments.
+
+    Overrides are checked against the file first (:func:`nass.overrides.check_overrides`),
+    and a ``!PLACEHOLDER`` left unset is named with the file's comment on it.
+    """
     hparams_file, run_opts, overrides = sb.parse_arguments(normalise_flags(list(argv)))
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            text = fin.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"cannot read the hparams file {hparams_file} ({err})") from None
+    check_overrides(yaml.safe_load(overrides) or {} if overrides else {}, text, hparams_file)
+    try:
+        hparams = load_hyperpyyaml(text, overrides)
+    except ValueError as err:
+        unset = re.match(r"'(\w+)' is a !PLACEHOLDER", str(err))
+        if unset is None:
+            raise
+        key = unset.group(1)
+        about = _comment_above(text, key)
+        raise RecipeError(
+            f"--{key} is required: {hparams_file} leaves it to the command line"
+            + (f" ({about})" if about else "")
+        ) from None
     return hparams_file, run_opts, overrides, hparams
+
+
+def _comment_above(text, key):
+    """The comment lines just above ``key:`` in an hparams file, joined."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(f"{key}:"):
+            comment = []
+            while index > 0 and lines[index - 1].startswith("# ") and "----" not in lines[index - 1]:
+                index -= 1
+                comment.insert(0, lines[index][2:].strip())
+            return " ".join(comment)
+    return ""
 
 
 def audio_datasets(csvs, hparams):
@@ -117,25 +179,45 @@ def _check_checkpoint(hparams, hparams_file, ckpt):
 
 
 def run(argv):
-    """Runs a recipe from command-line arguments (``sys.argv[1:]``)."""
+    """Runs a recipe from command-line arguments (``sys.argv[1:]``).
+
+    Raises :class:`Interrupted` on Ctrl-C, saying which checkpoint was kept.
+    """
     hparams_file, run_opts, overrides, hparams = load_hparams(argv)
+    try:
+        return _run(hparams_file, run_opts, overrides, hparams)
+    except KeyboardInterrupt:
+        raise Interrupted(hparams["save_folder"]) from None
+
+
+def _run(hparams_file, run_opts, overrides, hparams):
+    run_opts = _checkpoint_steps_alone(run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)
+    _check_options(hparams, run_opts)
+    test_only = run_option("test_only", run_opts, hparams)
+    save_folder = Path(hparams["save_folder"])
+    # Before anything is written: a checkpoint that does not fit refuses the run.
+    if test_only:
+        if not list_checkpoints(save_folder):
+            raise RecipeError(
+                f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
+                f"point --output_folder at the folder whose save/ holds it"
+            )
+        _check_checkpoint(hparams, hparams_file, best_checkpoint(save_folder))
+    else:
+        checkpointer = hparams["checkpointer"]
+        resumable = [n for n in checkpointer.recoverables if not checkpointer.optional_recoverables.get(n)]
+        resumable.append("optimizer")
+        for path in set_aside_incomplete(save_folder, resumable):
+            logger.warning("%s was left incomplete by a killed run; set aside", path)
+        newest = checkpointer.find_checkpoint()
+        _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
+    check_data_folder(hparams["dataset_layout"])
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    _check_options(hparams, run_opts)
-    test_only = run_option("test_only", run_opts, hparams)
-    save_folder = Path(hparams["save_folder"])
-    if test_only:
-        # Before any data work: a missing or unfitting checkpoint is the likelier mistake.
-        if not list_checkpoints(save_folder):
-            raise FileNotFoundError(
-                f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
-                f"point --output_folder at the folder whose save/ holds it"
-            )
-        _check_checkpoint(hparams, hparams_file, best_checkpoint(save_folder))
 
     splits = ("test",) if test_only else ("train", "valid", "test")
     if hparams["dynamic_mixing"] and not test_only:
@@ -171,13 +253,6 @@ def run(argv):
         checkpointer=hparams["checkpointer"],
     )
     if not test_only:
-        checkpointer = hparams["checkpointer"]
-        resumable = [n for n in checkpointer.recoverables if not checkpointer.optional_recoverables.get(n)]
-        resumable.append("optimizer")
-        for path in set_aside_incomplete(save_folder, resumable):
-            logger.warning("%s was left incomplete by a killed run; set aside", path)
-        newest = hparams["checkpointer"].find_checkpoint()
-        _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
         brain.fit(
             brain.hparams.epoch_counter,
             datasets["train"],
@@ -193,14 +268,27 @@ def run(argv):
     return brain
 
 
+def _checkpoint_steps_alone(run_opts):
+    """``--ckpt_interval_steps N`` alone replaces the hparams' interval in minutes.
+
+    SpeechBrain refuses both at once, and the recipes' hparams set minutes.
+    """
+    given = run_opts.overridden_args
+    if "ckpt_interval_steps" in given and "ckpt_interval_minutes" not in given \
+            and run_opts["ckpt_interval_steps"] > 0:
+        return dataclasses.replace(run_opts, ckpt_interval_minutes=0,
+                                   overridden_args=given | {"ckpt_interval_minutes"})
+    return run_opts
+
+
 def _check_options(hparams, run_opts):
     if hparams["noise_output"] and "noise" not in hparams["dataset_layout"].targets:
-        raise ValueError(
+        raise RecipeError(
             "noise_output is True but the dataset has no noise targets (clean mixtures); "
             "use noisy data or --noise_output False --pcl_weight 0"
         )
     if hparams["dynamic_mixing"] and hparams["dataset_layout"].mixture.endswith("_reverb"):
-        raise ValueError(
+        raise RecipeError(
             "dynamic_mixing makes anechoic mixtures; it cannot train on reverberant "
             f"{hparams['dataset_layout'].mixture} data"
         )
@@ -210,12 +298,34 @@ def _check_options(hparams, run_opts):
         "cuda:0" if torch.cuda.is_available() else "cpu"
     )
     if precision == "fp16" and not str(device).startswith("cuda"):
-        raise ValueError(
+        raise RecipeError(
             f"precision fp16 needs a CUDA device (device is {device}); on a CPU use "
             f"--precision bf16 or fp32"
         )
 
 
 def main():
-    """Entry point of the recipes' ``train.py``."""
-    run(sys.argv[1:])
+    """Entry point of the recipes' ``train.py``: a user's mistake is one line, not a traceback."""
+    program = Path(sys.argv[0]).name
+    quiet_torchvision_note()
+    try:
+        run(sys.argv[1:])
+    except Interrupted as err:
+        print(f"{program}: {err}", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as err:
+        if os.environ.get("NASS_DEBUG"):
+            raise
+        print(f"{program}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C; the message says what it kept."""
+
+    def __init__(self, save_folder):
+        found = list_checkpoints(save_folder)
+        kept = (f"the newest checkpoint is {found[-1]}; rerun the same command to resume from "
+                f"it (the epoch in progress restarts)" if found else
+                f"no checkpoint was saved yet in {save_folder}")
+        super().__init__(f"interrupted; {kept}")

@@ -32,11 +32,11 @@ SPLITS = ("train", "valid", "test")
 class DataFolderError(ValueError):
     """A corpus folder with missing or bad files; ``problems`` lists them all."""
 
-    def __init__(self, data_folder, problems):
+    def __init__(self, data_folder, problems, subject="data folder"):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
-            f"data folder {data_folder} has {len(self.problems)} problem(s); nothing was "
+            f"{subject} {data_folder} has {len(self.problems)} problem(s); nothing was "
             f"written:\n{lines}"
         )
 
@@ -56,12 +56,23 @@ class Layout:
         Mixture folder inside each split (``mix_both``).
     targets : dict
         csv column prefix to folder: ``{"s1": "s1", "s2": "s2", "noise": "noise"}``.
+    data_folder : Path
+        The folder the user names (``--data_folder``); ``root`` by default.
+    more_speakers : str, optional
+        A speaker folder whose presence means that the mixtures hold more
+        speakers than the targets (``s3`` beside a 2-speaker layout).
     """
 
     root: Path
     splits: dict
     mixture: str
     targets: dict = field(default_factory=dict)
+    data_folder: Path = None
+    more_speakers: str = None
+
+    def __post_init__(self):
+        if self.data_folder is None:
+            self.data_folder = self.root
 
 
 def mixture_folder(noisy):
@@ -77,7 +88,7 @@ def librimix_layout(data_folder, num_spks=2, sample_rate=8000, mode="min",
     return _speaker_layout(
         Path(data_folder) / f"wav{sample_rate // 1000}k" / mode,
         {"train": train_set, "valid": "dev", "test": "test"},
-        mixture, [f"s{k}" for k in range(1, num_spks + 1)], noise,
+        mixture, [f"s{k}" for k in range(1, num_spks + 2)], noise, data_folder,
     )
 
 
@@ -87,10 +98,11 @@ def wham_layout(data_folder, sample_rate=8000, mode="min", mixture="mix_both",
     root = Path(data_folder) / f"wav{sample_rate // 1000}k" / mode
     splits = {"train": "tr", "valid": "cv", "test": "tt"}
     if not reverb:
-        return _speaker_layout(root, splits, mixture, ["s1", "s2"], noise)
+        return _speaker_layout(root, splits, mixture, ["s1", "s2", None], noise, data_folder)
     suffix = "_reverb" if reverberant_targets else "_anechoic"
     return _speaker_layout(
-        root, splits, f"{mixture}_reverb", [f"s1{suffix}", f"s2{suffix}"], noise
+        root, splits, f"{mixture}_reverb", [f"s1{suffix}", f"s2{suffix}", None], noise,
+        data_folder,
     )
 
 
@@ -98,15 +110,17 @@ def custom_layout(data_folder, num_spks=2, noise=True):
     """The reference project's layout: ``{train,valid,test}/{mixture,source1..,noise}``."""
     return _speaker_layout(
         Path(data_folder), {s: s for s in SPLITS}, "mixture",
-        [f"source{k}" for k in range(1, num_spks + 1)], noise,
+        [f"source{k}" for k in range(1, num_spks + 2)], noise, data_folder,
     )
 
 
-def _speaker_layout(root, splits, mixture, speaker_dirs, noise):
-    targets = {f"s{k}": d for k, d in enumerate(speaker_dirs, start=1)}
+def _speaker_layout(root, splits, mixture, speaker_dirs, noise, data_folder):
+    """``speaker_dirs``: the speakers' folders, then the next speaker's (or None)."""
+    *speakers, more = speaker_dirs
+    targets = {f"s{k}": d for k, d in enumerate(speakers, start=1)}
     if noise:
         targets["noise"] = "noise"
-    return Layout(Path(root), splits, mixture, targets)
+    return Layout(Path(root), splits, mixture, targets, Path(data_folder), more)
 
 
 def csv_paths(save_folder):
@@ -144,7 +158,11 @@ def prepare_layout(layout, save_folder, sample_rate, splits=SPLITS, skip_prep=Fa
         missing = [str(p) for p in paths.values() if not p.exists()]
         if missing:
             raise FileNotFoundError(f"skip_prep is True but these csvs do not exist: {missing}")
+        problems = [problem for path in paths.values() for problem in _missing_csv_files(path)]
+        if problems:
+            raise DataFolderError(save_folder, problems, subject="skip_prep is True but the csvs in")
         return paths
+    check_data_folder(layout)
     problems, tables = [], {}
     for split in splits:
         tables[split] = _scan_split(layout, layout.splits[split], sample_rate, problems)
@@ -169,10 +187,21 @@ def _scan_split(layout, split_dir, sample_rate, problems):
     if missing:
         problems.extend(f"{d}: folder missing" for d in missing)
         return []
+    if layout.more_speakers and (base / layout.more_speakers).is_dir():
+        problems.append(
+            f"{base / layout.more_speakers}: this corpus has more speakers than the "
+            f"{len(folders) - 1 - ('noise' in layout.targets)} the hparams separate (num_spks); "
+            f"its mixtures hold {layout.more_speakers} too. Use the hparams of that many "
+            f"speakers (e.g. sepformer-libri3mix.yaml) or the matching data folder"
+        )
+        return []
     stems = sorted(p.stem for p in mix_dir.glob("*.wav"))
     if not stems:
         problems.append(f"{mix_dir}: no .wav files")
         return []
+    target_stems = set().union(*({p.stem for p in d.glob("*.wav")} for d in folders[1:]))
+    for stem in sorted(target_stems - set(stems)):
+        problems.append(f"{mix_dir / (stem + '.wav')}: missing (its targets exist)")
     rows = []
     for stem in stems:
         files = [d / f"{stem}.wav" for d in folders]
@@ -188,6 +217,46 @@ def _scan_split(layout, split_dir, sample_rate, problems):
             continue
         rows.append([stem, f"{frames[0] / sample_rate:.4f}"] + [str(f.resolve()) for f in files])
     return rows
+
+
+def check_data_folder(layout):
+    """Raises :class:`DataFolderError` unless the layout's folder exists, suggesting one near.
+
+    A quick first check, before a run writes anything: :func:`prepare_layout`
+    checks every file.
+    """
+    if not layout.root.is_dir():
+        raise DataFolderError(layout.data_folder, [_missing_root(layout)])
+
+
+def _missing_root(layout):
+    """Says that the data folder lacks the layout's folders, and where they are, if near."""
+    inside = layout.root.relative_to(layout.data_folder)
+    marker = inside / next(iter(layout.splits.values())) / layout.mixture
+    start = layout.data_folder
+    while not start.is_dir() and start != start.parent:
+        start = start.parent
+    near = [start, *list(start.parents)[:2]]
+    near += [d for d in start.glob("*") if d.is_dir()] + [d for d in start.glob("*/*") if d.is_dir()]
+    found = [d for d in near if (d / marker).is_dir()]
+    hint = (f"; did you mean --data_folder {found[0]} (it holds {marker})?" if found else
+            f"; --data_folder must be the folder holding {marker}")
+    what = "does not exist" if not layout.data_folder.exists() else f"has no {inside}"
+    if str(inside) == ".":
+        what = "does not exist" if not layout.data_folder.exists() else "is not a folder"
+    return f"{layout.data_folder}: {what}{hint}"
+
+
+def _missing_csv_files(csv_path):
+    """The audio files a prepared csv names that are not there."""
+    with open(csv_path, newline="") as fin:
+        rows = list(csv.DictReader(fin))
+    return [
+        f"{value}: missing (named in {csv_path.name}, row {row.get('ID', index)})"
+        for index, row in enumerate(rows, start=1)
+        for key, value in row.items()
+        if key.endswith("_wav") and not Path(value).is_file()
+    ]
 
 
 def _check_wav(path, sample_rate, problems):
