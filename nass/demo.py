@@ -6,9 +6,8 @@
    -38..-30 dBFS, the minimum length of the pair) into a small noisy
    Libri2Mix (``wav8k/min/{train-100,dev,test}/{mix_both,mix_clean,s1,s2,noise}``).
 2. **Training.** Trains a small noise-aware Sepformer with PCL with the
-   LibriMix recipe itself (:func:`nass.recipe.run` on
-   ``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml`` with
-   small-model overrides). Unless ``epochs`` is given, one epoch is timed
+   LibriMix recipe itself (:func:`nass.recipe.run` on its
+   ``sepformer-libri2mix.yaml``, with small-model overrides). Unless ``epochs`` is given, one epoch is timed
    and training resumes for as many epochs as fit ``minutes``.
 3. **Evaluation.** The recipe's ``test_results.csv``, summarised as a table
    with the unprocessed mixture as the baseline (its SI-SNRi and SDRi are 0
@@ -17,10 +16,15 @@
    :class:`nass.inference.Separator` and draws its spectrograms with
    :func:`nass.plot.plot_spectrograms`.
 
-The recipe is found beside the package (``<checkout>/recipes``, present
-when nass is installed from a clone with ``pip install -e .``) rather than
-shipped as a copy inside it, so that the demo trains with exactly the
-hparams file users train with, and cannot drift from it.
+The hparams file ships inside the package (``nass/hparams``), so the demo
+runs from any install, not only from a clone; it is a copy of
+``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``, and the
+tests check that the two are identical, so the demo trains exactly as users do.
+
+The demo writes only into an ``out_dir`` that is new, empty, or made by an
+earlier demo (it leaves a ``.nass-demo`` file there); a rerun replaces the
+corpus and training run it made before, and never touches a folder it did
+not make.
 
 With four short speech excerpts and two noise recordings, test mixtures
 reuse the voices and noises of training (in other pairs, excerpts, offsets
@@ -36,14 +40,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-import nass
-from nass.inference import Separator, output_paths, save_sources
+from nass.audio import output_paths, save_sources
+from nass.inference import Separator
 from nass.plot import plot_spectrograms
 from nass.recipe import run
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-RECIPE_HPARAMS = (Path(nass.__file__).resolve().parents[1] / "recipes" / "LibriMix" / "separation"
-                  / "hparams" / "sepformer-libri2mix.yaml")
+RECIPE_HPARAMS = Path(__file__).resolve().parent / "hparams" / "sepformer-libri2mix.yaml"
+# Marks an out_dir as the demo's own, so that a rerun may replace what is in it.
+MARKER = ".nass-demo"
 SAMPLE_RATE = 8000
 # LibriMix's levels (LUFS there, RMS here: close enough for speech and noise).
 SPEECH_DBFS = (-33.0, -25.0)
@@ -58,18 +63,21 @@ TRAIN_SECONDS, QUICK_TRAIN_SECONDS = 2.0, 1.0
 # down to train in minutes on a CPU (the release has N=256, 8+8 layers).
 MODEL = {
     "N_encoder_out": 64, "out_channels": 64, "intra_layers": 1, "inter_layers": 1,
-    "nhead": 4, "d_ffn": 128, "chunk_size": 50, "pcl_proj_dim": 32, "pcl_num_patches": 64,
+    "nhead": 4, "d_ffn": 128, "chunk_size": 50,
 }
 QUICK_MODEL = {
     "N_encoder_out": 16, "out_channels": 16, "intra_layers": 1, "inter_layers": 1,
-    "nhead": 2, "d_ffn": 32, "chunk_size": 20, "pcl_proj_dim": 16, "pcl_num_patches": 16,
+    "nhead": 2, "d_ffn": 32, "chunk_size": 20,
 }
+# PCL's patch embedding is trained with the model but not part of it (not used to separate).
+PCL = {"pcl_proj_dim": 32, "pcl_num_patches": 64}
+QUICK_PCL = {"pcl_proj_dim": 16, "pcl_num_patches": 16}
 # A higher learning rate than the release's 1.5e-4: there are minutes, not days.
 TRAINING = {"lr": 0.001, "save_audio": False}
 
 
 class DemoError(RuntimeError):
-    """The demo cannot run here (e.g. no recipes folder beside the package)."""
+    """The demo cannot run here (e.g. its out_dir holds someone else's files)."""
 
 
 def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False):
@@ -79,7 +87,7 @@ def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False)
     ---------
     out_dir : str or Path
         Gets ``data/``, ``train/`` (the recipe's output folder), ``separated/``
-        and ``results.md``.
+        and ``results.md``. Must be new, empty, or an earlier demo's.
     minutes : float
         About how long training may take, when ``epochs`` is None.
     seed : int
@@ -95,13 +103,7 @@ def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False)
         Paths of what was made: ``corpus``, ``train``, ``results``, ``mixture``,
         ``outputs`` (list), ``figure``.
     """
-    if not RECIPE_HPARAMS.is_file():
-        raise DemoError(
-            f"nass demo trains with the LibriMix recipe, which lives in the recipes/ folder of a "
-            f"source checkout, not inside the installed package; it is not at {RECIPE_HPARAMS}. "
-            f"Install nass from a clone with `pip install -e .` and run the demo again."
-        )
-    out_dir = Path(out_dir).resolve()
+    out_dir = claim_out_dir(out_dir)
     model = QUICK_MODEL if quick else MODEL
     corpus = build_corpus(out_dir / "data", seed=seed,
                           counts=QUICK_CORPUS if quick else CORPUS,
@@ -111,7 +113,7 @@ def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False)
     train_dir = out_dir / "train"
     if train_dir.exists():
         shutil.rmtree(train_dir)  # a new demo, not a resumed one: the corpus was just rebuilt
-    overrides = {**model, **TRAINING, "seed": seed,
+    overrides = {**model, **(QUICK_PCL if quick else PCL), **TRAINING, "seed": seed,
                  "training_signal_len": int((QUICK_TRAIN_SECONDS if quick else TRAIN_SECONDS)
                                             * SAMPLE_RATE)}
     trained = 0
@@ -162,6 +164,31 @@ def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False)
     )
     return {"corpus": corpus, "train": train_dir, "results": results, "mixture": mixture,
             "outputs": list(paths.values()), "figure": figure}
+
+
+def claim_out_dir(out_dir):
+    """``out_dir`` resolved and marked as the demo's; refuses a folder holding other files.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = (Path(tmp) / "notes.txt").write_text("mine")
+    ...     claim_out_dir(tmp)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    nass.demo.DemoError: ... holds files that nass demo did not make ...
+    """
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DemoError(f"--out-dir {out_dir} is a file; give a new or empty folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
+        raise DemoError(
+            f"--out-dir {out_dir} holds files that nass demo did not make (it has no {MARKER}); "
+            f"a demo replaces its data/ and train/ folders, so give a new or empty folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("Made by nass demo: a rerun replaces data/, train/, separated/ "
+                                  "and results.md here.\n")
+    return out_dir
 
 
 def build_corpus(root, seed=0, counts=None, train_seconds=TRAIN_SECONDS):

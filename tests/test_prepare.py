@@ -102,3 +102,46 @@ def test_another_data_folder_is_not_served_stale_csvs(libri2mix, tmp_path):
 def test_unknown_train_set_is_refused(libri2mix):
     with pytest.raises(ValueError, match="train_set must be 'train-100' or 'train-360'"):
         librimix_layout(libri2mix, train_set="train-500")
+
+
+def test_a_corpus_with_more_speakers_than_num_spks_is_refused(libri3mix, tmp_path):
+    # Libri3Mix mixtures hold s3 too: training 2 outputs on them would be silently wrong.
+    with pytest.raises(DataFolderError) as err:
+        prepare_layout(librimix_layout(libri3mix, num_spks=2), tmp_path, 8000)
+    assert all("s3: this corpus has more speakers than the 2" in p for p in err.value.problems)
+    assert len(err.value.problems) == 3 and not list(tmp_path.iterdir())
+    assert prepare_layout(librimix_layout(libri3mix, num_spks=3), tmp_path, 8000)
+
+
+def test_a_missing_mixture_is_listed_not_dropped(libri2mix, tmp_path):
+    corpus = tmp_path / "Libri2Mix"
+    shutil.copytree(libri2mix, corpus)
+    test = corpus / "wav8k" / "min" / "test"
+    gone = sorted(test.glob("mix_both/*.wav"))[1]
+    gone.unlink()
+    with pytest.raises(DataFolderError) as err:
+        prepare_layout(librimix_layout(corpus), tmp_path / "save", 8000)
+    assert err.value.problems == [f"{gone}: missing (its targets exist)"]
+
+
+def test_a_missing_data_folder_points_at_the_one_holding_wav8k(libri2mix, tmp_path):
+    for wrong in (libri2mix.parent, libri2mix / "wav8k", libri2mix / "wav8k" / "min" / "test"):
+        with pytest.raises(DataFolderError) as err:
+            prepare_layout(librimix_layout(wrong), tmp_path, 8000)
+        assert f"did you mean --data_folder {libri2mix} (it holds wav8k/min/" in str(err.value)
+    with pytest.raises(DataFolderError, match="does not exist; --data_folder must be the folder "
+                                              "holding wav8k/min/train-100/mix_both"):
+        prepare_layout(librimix_layout(tmp_path / "nowhere" / "at" / "all"), tmp_path, 8000)
+
+
+def test_skip_prep_checks_that_the_csvs_files_exist(libri2mix, tmp_path):
+    corpus = tmp_path / "Libri2Mix"
+    shutil.copytree(libri2mix, corpus)
+    save = tmp_path / "save"
+    prepare_layout(librimix_layout(corpus), save, 8000)
+    gone = sorted((corpus / "wav8k" / "min" / "dev" / "s2").glob("*.wav"))[0]
+    gone.unlink()
+    with pytest.raises(DataFolderError) as err:
+        prepare_layout(librimix_layout(corpus), save, 8000, skip_prep=True)
+    assert str(err.value).startswith(f"skip_prep is True but the csvs in {save} has 1 problem")
+    assert err.value.problems == [f"{gone.resolve()}: missing (named in valid.csv, row {gone.stem})"]

@@ -236,7 +236,7 @@ def _missing_root(layout):
     start = layout.data_folder
     while not start.is_dir() and start != start.parent:
         start = start.parent
-    near = [start, *list(start.parents)[:2]]
+    near = [start, *list(start.parents)[:3]]
     near += [d for d in start.glob("*") if d.is_dir()] + [d for d in start.glob("*/*") if d.is_dir()]
     found = [d for d in near if (d / marker).is_dir()]
     hint = (f"; did you mean --data_folder {found[0]} (it holds {marker})?" if found else
