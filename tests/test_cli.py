@@ -2,16 +2,21 @@
 ``demo``."""
 
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hyperpyyaml import resolve_references
 from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, TINY_ARGS
 from nass.cli import main
+from nass.demo import RECIPE_HPARAMS as DEMO_HPARAMS, claim_out_dir
 from nass.inference import Separator, load_model
 
 
@@ -168,6 +173,22 @@ def test_plot_with_a_prefix_and_without_outputs(tmp_path, capsys):
     assert "no separated outputs found" in capsys.readouterr().err
 
 
+def test_plot_names_a_missing_mixture_and_writes_the_name_it_was_given(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "gone.wav")]) == 1
+    assert capsys.readouterr().err == f"nass plot: error: no such mixture file: {tmp_path / 'gone.wav'}\n"
+    sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
+    sf.write(tmp_path / "talk_spk1.wav", voice(0.5, 8000), 8000)
+    assert main(["plot", str(tmp_path / "talk.wav"), "-o", str(tmp_path / "fig")]) == 0
+    assert f"wrote {tmp_path / 'fig'}" in capsys.readouterr().out
+    assert (tmp_path / "fig").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "fig.png").exists()
+
+
+def test_plot_usage_shows_the_outputs_are_optional(capsys):
+    with pytest.raises(SystemExit):
+        main(["plot", "--help"])
+    assert "MIXTURE.wav [SOURCE.wav ...]" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -186,10 +207,154 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "smoke demo, not a benchmark" in out and str(demo) in out
 
 
-def test_demo_without_the_recipes_folder_says_how_to_get_it(tmp_path, monkeypatch, capsys):
-    # A non-editable install has no recipes/ beside the package.
-    monkeypatch.setattr("nass.demo.RECIPE_HPARAMS", tmp_path / "recipes" / "none.yaml")
-    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--quick"]) == 1
+def test_demo_keeps_a_folder_it_did_not_make(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "notes.txt").write_text("precious")
+    (out / "data" / "Libri2Mix").mkdir(parents=True)
+    (out / "data" / "Libri2Mix" / "x.wav").write_bytes(b"precious")
+    assert main(["demo", "--out-dir", str(out), "--quick"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("nass demo: error: nass demo trains with the LibriMix recipe")
-    assert "pip install -e ." in err and not (tmp_path / "demo").exists()
+    assert err.startswith(f"nass demo: error: --out-dir {out} holds files that nass demo did not make")
+    assert (out / "train" / "notes.txt").read_text() == "precious"
+    assert (out / "data" / "Libri2Mix" / "x.wav").read_bytes() == b"precious"
+    assert sorted(p.name for p in out.iterdir()) == ["data", "train"]
+
+
+def test_demo_reclaims_only_its_own_folder(tmp_path):
+    out = claim_out_dir(tmp_path / "demo")
+    (out / "train").mkdir()
+    assert claim_out_dir(out) == out                 # an earlier demo's folder: reused
+    assert claim_out_dir(tmp_path / "empty") == tmp_path / "empty"
+
+
+def test_the_demos_hparams_are_the_recipes(tmp_path):
+    assert DEMO_HPARAMS.read_bytes() == HPARAMS.read_bytes()
+    assert "hparams/*.yaml" in (Path(__file__).parents[1] / "setup.py").read_text()
+
+
+# --------------------------------------------------------------------------- data loss
+
+
+def test_inputs_that_would_share_outputs_are_refused_before_separating(checkpoint, tmp_path, capsys):
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "talk.wav", voice(0.5, 8000), 8000)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert separate(checkpoint, tmp_path / "d1" / "talk.wav", tmp_path / "d2" / "talk.wav",
+                    "--out-dir", out, "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert err == (f"nass separate: error: {tmp_path / 'd1' / 'talk.wav'} and "
+                   f"{tmp_path / 'd2' / 'talk.wav'} would both be written to {out / 'talk_spk1.wav'}, "
+                   f"...; rename one, or separate them into different --out-dir folders; nothing "
+                   f"was separated\n")
+    assert not list(out.iterdir())
+    sf.write(tmp_path / "d1" / "talk.flac", voice(0.5, 8000), 8000)
+    assert separate(checkpoint, tmp_path / "d1" / "talk.wav", tmp_path / "d1" / "talk.flac") == 1
+    assert "would both be written to" in capsys.readouterr().err
+    assert separate(checkpoint, tmp_path / "d2" / "talk.wav", tmp_path / "d2" / "talk.wav") == 1
+    assert "is given twice" in capsys.readouterr().err
+    sf.write(tmp_path / "d2" / "talk_spk1.wav", voice(0.5, 8000), 8000)
+    kept = (tmp_path / "d2" / "talk_spk1.wav").read_bytes()
+    assert separate(checkpoint, tmp_path / "d2" / "talk.wav", tmp_path / "d2" / "talk_spk1.wav",
+                    "--overwrite") == 1
+    assert "which is an input of this run" in capsys.readouterr().err
+    assert (tmp_path / "d2" / "talk_spk1.wav").read_bytes() == kept
+    assert sorted(p.name for p in (tmp_path / "d1").iterdir()) == ["talk.flac", "talk.wav"]
+    # Beside their inputs (no --out-dir), the two talk.wav keep both outputs.
+    (tmp_path / "d2" / "talk_spk1.wav").unlink()
+    assert separate(checkpoint, tmp_path / "d1" / "talk.wav", tmp_path / "d2" / "talk.wav") == 0
+    assert all((tmp_path / d / "talk_noise.wav").is_file() for d in ("d1", "d2"))
+
+
+def test_an_unusable_out_dir_is_reported_once_before_separating(checkpoint, tmp_path, capsys):
+    sf.write(tmp_path / "a.wav", voice(0.5, 8000), 8000)
+    sf.write(tmp_path / "b.wav", voice(0.5, 8000, f0=200.0), 8000)
+    (tmp_path / "file").write_text("x")
+    for out_dir, reason in ((tmp_path / "file", "is a file, not a folder"),
+                            (tmp_path / "file" / "sub", "cannot be written to")):
+        assert separate(checkpoint, tmp_path / "a.wav", tmp_path / "b.wav", "--out-dir", out_dir) == 1
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and f"--out-dir {out_dir} {reason}" in lines[0], lines
+    assert not list(tmp_path.glob("*_spk1.wav"))
+
+
+def test_parts_left_by_a_killed_run_are_removed(checkpoint, tmp_path):
+    sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
+    stale = [tmp_path / ".talk_spk1.wav.0123abcd.part", tmp_path / ".talk_noise.wav.deadbeef.part"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    other = tmp_path / ".notes.txt.0123abcd.part"
+    other.write_bytes(b"someone else's")
+    assert separate(checkpoint, tmp_path / "talk.wav") == 0
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+# --------------------------------------------------------------------------- silently wrong
+
+
+def test_a_truncated_wav_is_separated_with_a_warning(checkpoint, tmp_path, capsys):
+    sf.write(tmp_path / "whole.wav", voice(1.0, 8000), 8000, subtype="PCM_16")
+    whole = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: 44 + 2 * 3000])  # header says 8000 frames
+    assert separate(checkpoint, tmp_path / "cut.wav", tmp_path / "whole.wav") == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert warnings == [
+        f"nass separate: warning: {tmp_path / 'cut.wav'}: truncated: its header declares 8000 "
+        f"samples (1.00 s) but only 3000 (0.38 s) are in the file; using those"]
+    assert sf.info(tmp_path / "cut_spk1.wav").frames == 3000
+
+
+@pytest.mark.parametrize("option", [["--precision", "bf16"], ["--lr", "0.1"], ["--data_folder", "x"]])
+def test_options_that_change_nothing_when_separating_are_refused(checkpoint, tmp_path, capsys, option):
+    sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
+    assert separate(checkpoint, tmp_path / "talk.wav", *option) == 1
+    assert f"{option[0]} changes nothing when separating" in capsys.readouterr().err
+    assert not (tmp_path / "talk_spk1.wav").exists()
+
+
+# --------------------------------------------------------------------------- what a person can act on
+
+
+def test_a_corrupt_checkpoint_says_corrupt(checkpoint, tmp_path, capsys):
+    broken = tmp_path / "save"
+    shutil.copytree(checkpoint, broken)
+    ckpt = next(broken.glob("CKPT+*"))
+    (ckpt / "masknet.ckpt").write_bytes(b"\x80\x02garbage" * 10)
+    sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
+    assert separate(broken, tmp_path / "talk.wav") == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt} is corrupt: masknet.ckpt (UnpicklingError) cannot be read" in err
+    assert "weights_only" not in err and "does not fit" not in err
+
+
+def test_hparams_that_are_not_yaml_are_named(checkpoint, tmp_path, capsys):
+    sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
+    (tmp_path / "bad.yaml").write_text("seed: [1\nnum_spks: 2\n")
+    for hparams, reason in ((tmp_path / "talk.wav", "not a YAML hparams file"),
+                            (tmp_path / "bad.yaml", "not a YAML hparams file: cannot parse it")):
+        assert main(["separate", "--hparams", str(hparams), "--checkpoint", str(checkpoint),
+                     str(tmp_path / "talk.wav")]) == 1
+        assert f"{hparams} is {reason}" in capsys.readouterr().err
+
+
+def test_a_runs_saved_hyperparams_yaml_separates_and_refuses_overrides(checkpoint, tmp_path, capsys):
+    # What speechbrain.create_experiment_directory writes to <output_folder>/hyperparams.yaml.
+    resolved = resolve_references(open(HPARAMS), {**TINY, "data_folder": str(tmp_path)})
+    saved = tmp_path / "hyperparams.yaml"
+    saved.write_text(f"# Generated 2026-11-26 from:\n# {HPARAMS}\n# yamllint disable\n"
+                     + resolved.getvalue())
+    sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
+    args = ["separate", "--hparams", str(saved), "--checkpoint", str(checkpoint)]
+    assert main(args + [str(tmp_path / "talk.wav")]) == 0
+    assert main(args + ["--num_spks", "3", str(tmp_path / "talk.wav"), "--overwrite"]) == 1
+    assert "the copy of a run's settings that SpeechBrain saved" in capsys.readouterr().err
+
+
+def test_separate_does_not_load_the_training_stack():
+    code = ("import sys, nass.cli; "
+            "print(sorted(m for m in ('nass.recipe', 'nass.brain', 'nass.demo', 'matplotlib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

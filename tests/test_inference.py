@@ -12,6 +12,7 @@ from scipy.signal import lfilter
 from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
+from nass.audio import TruncatedAudioWarning
 from nass.checkpoints import CheckpointMismatchError
 from nass.chunking import crossfade_weights, plan_windows, separate_in_chunks
 from nass.inference import (
@@ -87,8 +88,14 @@ def test_checkpoint_of_another_model_is_one_clear_error(checkpoints):
 
 
 def test_unknown_override_is_named(checkpoints):
-    with pytest.raises(ValueError, match="no setting.* num_spk to override"):
+    with pytest.raises(ValueError, match="--num_spk: .* has no such setting; did you mean --num_spks"):
         Separator.from_hparams(HPARAMS, checkpoints[0], overrides={**TINY, "num_spk": 3})
+
+
+def test_overrides_that_do_not_shape_the_model_are_refused(checkpoints):
+    for key, value in (("precision", "bf16"), ("batch_size", 4), ("pcl_weight", 0)):
+        with pytest.raises(ValueError, match=f"--{key} changes nothing when separating"):
+            Separator.from_hparams(HPARAMS, checkpoints[0], overrides={**TINY, key: value})
 
 
 def test_loading_writes_nothing_and_keeps_the_callers_random_stream(checkpoints, tmp_path, monkeypatch):
@@ -142,6 +149,22 @@ def test_separate_file_reads_other_formats_and_rates(separator, tmp_path):
 def test_unusable_tensors_are_refused_with_the_reason(separator, signal, reason):
     with pytest.raises(AudioInputError, match=reason):
         separator.separate_tensor(signal, 8000)
+
+
+def test_time_by_channels_tensors_are_refused(separator):
+    # [T, channels] read as [channels, T] would separate 32 samples of an 800-channel average.
+    with pytest.raises(AudioInputError, match=r"expected a \[channels, T\] waveform, got shape "
+                                              r"\(800, 32\).*pass waveform.T"):
+        separator.separate_tensor(torch.randn(800, 32), 8000)
+    assert list(separator.separate_tensor(torch.randn(32, 800), 8000)) == ["spk1", "spk2", "noise"]
+
+
+def test_a_truncated_wav_is_read_with_a_warning(separator, tmp_path):
+    sf.write(tmp_path / "whole.wav", speech_like(1.0, 8000).numpy(), 8000, subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "whole.wav").read_bytes()[: 44 + 2 * 4000])
+    with pytest.warns(TruncatedAudioWarning, match="declares 8000 samples .* only 4000"):
+        sources = separator.separate_file(tmp_path / "cut.wav")
+    assert sources["spk1"].shape == (4000,)
 
 
 def test_too_short_is_judged_at_the_models_rate(separator):
