@@ -10,13 +10,14 @@ import sys
 import time
 
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
 from conftest import LIBRIMIX_RECIPE, TINY_DPRNN, TINY_SEPFORMER, recipe_command
 from nass.checkpoints import CheckpointMismatchError, checkpoint_problems
-from nass.data.synthetic import make_librispeech_like, make_noise_folder
-from nass.recipe import load_hparams, run
+from nass.data.synthetic import make_custom, make_librispeech_like, make_noise_folder
+from nass.recipe import RecipeError, load_hparams, run
 
 SEPFORMER = str(LIBRIMIX_RECIPE / "hparams" / "sepformer-libri2mix.yaml")
 RESUMABLE = ["encoder", "decoder", "masknet", "patchsamplenet", "counter", "lr_scheduler",
@@ -57,6 +58,19 @@ def test_sepformer_nass_trains_and_evaluates(libri2mix, tmp_path):
     assert len(list((out / "save").glob("CKPT+*"))) == 1
     saved = sorted(p.name for p in (out / "audio_results").iterdir())
     assert len(saved) == 4 and any(n.endswith("_noise.wav") for n in saved)
+    # The log shows SI-SNR in dB (higher is better); the checkpoint keeps the release's loss key.
+    logged = float(log.split("valid si-snr (dB): ")[1].split()[0])
+    meta = yaml.safe_load(next((out / "save").glob("CKPT+*/CKPT.yaml")).read_text())
+    assert logged == pytest.approx(-meta["si-snr"], abs=0.006)
+    test_logged = float(log.split("test si-snr (dB): ")[1].split()[0])
+    assert test_logged == pytest.approx(float(results(out)[-1]["si-snr"]), abs=0.006)
+
+    # A rerun that does not fit the finished run is refused before its record is rewritten.
+    record = (out / "hyperparams.yaml").read_bytes()
+    with pytest.raises(CheckpointMismatchError):
+        run_recipe("sepformer-libri2mix.yaml", libri2mix, out, "--noise_output", "False",
+                   "--pcl_weight", "0")
+    assert (out / "hyperparams.yaml").read_bytes() == record
 
 
 def test_plain_baseline_has_no_noise_output_and_no_pcl(libri2mix, tmp_path):
@@ -69,11 +83,13 @@ def test_plain_baseline_has_no_noise_output_and_no_pcl(libri2mix, tmp_path):
     assert "pcl_loss: 0.00" in (out / "train_log.txt").read_text()
 
 
-def test_dprnn_with_batch_of_two_and_fixed_noise_slot(libri2mix, tmp_path):
+def test_dprnn_with_batch_of_two_and_fixed_noise_slot(libri2mix, tmp_path, capfd):
     out = tmp_path / "dprnn"
     run_recipe("dprnn-libri2mix.yaml", libri2mix, out, "--batch_size", "2",
-               "--noise_assignment", "fixed", "--save_audio", "False", tiny=TINY_DPRNN)
+               "--noise_assignment", "fixed", "--save_audio", "False", "--noprogressbar", "True",
+               tiny=TINY_DPRNN)
     check_results(out, libri2mix)
+    assert "it/s" not in capfd.readouterr().err   # no bar: not for training, nor for the test
 
 
 def test_padded_batches_train_with_pcl(libri2mix, tmp_path):
@@ -94,8 +110,42 @@ def test_three_speakers(libri3mix, tmp_path):
 
 def test_custom_layout(custom_corpus, tmp_path):
     out = tmp_path / "custom"
-    run_recipe("sepformer-custom.yaml", custom_corpus, out, "--save_audio", "False")
+    brain = run_recipe("sepformer-custom.yaml", custom_corpus, out, "--save_audio", "False",
+                       "--ckpt_interval_steps", "1")
     check_results(out, custom_corpus)
+    # Steps alone replace the hparams' minutes (SpeechBrain refuses both at once).
+    assert (brain.ckpt_interval_steps, brain.ckpt_interval_minutes) == (1, 0)
+
+
+def test_short_and_silent_utterances_are_evaluated_as_nan_with_a_warning(tmp_path, capfd):
+    corpus = make_custom(tmp_path / "custom", num_spks=2, n_mixtures=3, duration=1.0)
+    for split, stem, length, silent in (("test", 0, 200, None), ("test", 1, None, "source2"),
+                                         ("train", 0, 40, None)):
+        folder = corpus / split
+        name = sorted((folder / "mixture").glob("*.wav"))[stem].name
+        parts = {d: sf.read(folder / d / name, dtype="float64")[0]
+                 for d in ("source1", "source2", "noise")}
+        # From the middle: the synthetic speakers may start with silence.
+        parts = {d: (0 * x if d == silent else x)[2000:][:length] for d, x in parts.items()}
+        for d, x in {**parts, "mixture": sum(parts.values())}.items():
+            sf.write(folder / d / name, x, 8000, subtype="FLOAT")
+    out = tmp_path / "odd"
+    # A training batch whose shortest utterance (40 samples) is under PCL's 5-frame window.
+    run_recipe("sepformer-custom.yaml", corpus, out, "--save_audio", "False", "--batch_size", "3",
+               "--limit_training_signal_len", "False")
+    rows = results(out)
+    ids = sorted(p.stem for p in (corpus / "test" / "mixture").glob("*.wav"))
+    short, silent, fine = ({k: float(v) for k, v in r.items() if k != "snt_id"} for r in rows[:3])
+    assert math.isfinite(short["si-snr"]) and math.isnan(short["sdr"])
+    assert all(math.isnan(v) for v in silent.values())
+    assert all(math.isfinite(v) for v in fine.values())
+    avg = rows[-1]
+    assert float(avg["sdr"]) == pytest.approx(fine["sdr"], abs=1e-6)
+    assert float(avg["si-snr"]) == pytest.approx((short["si-snr"] + fine["si-snr"]) / 2, abs=1e-6)
+    warnings = "".join(capfd.readouterr())  # SpeechBrain's logging setup writes to the console
+    assert f"test utterance {ids[0]}: 200 samples, fewer than the 512 BSS-Eval needs" in warnings
+    assert f"test utterance {ids[1]}: reference(s) [1] all zero" in warnings
+    assert f"The avg sdr leaves out 2 of 3 utterance(s) where it is NaN: {ids[0]}, {ids[1]}" in warnings
 
 
 def test_bf16_autocast_on_cpu_keeps_pcl(libri2mix, tmp_path):
@@ -195,7 +245,7 @@ def test_checkpoint_that_does_not_fit_is_one_clear_error(libri2mix, tmp_path):
 
 
 def test_test_only_without_checkpoint_says_so(libri2mix, tmp_path):
-    with pytest.raises(FileNotFoundError, match="holds no CKPT"):
+    with pytest.raises(RecipeError, match="holds no CKPT"):
         run_recipe("sepformer-libri2mix.yaml", libri2mix, tmp_path / "none", "--test_only", "True")
 
 
