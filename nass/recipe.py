@@ -29,7 +29,6 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.run_opts import RunOptions
@@ -44,7 +43,7 @@ from nass.checkpoints import (
 )
 from nass.data.prepare import DataFolderError, check_data_folder, prepare_layout
 from nass.logs import quiet_torchvision_note
-from nass.overrides import OverrideError, check_overrides
+from nass.overrides import OverrideError, check_overrides, plain_settings
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,8 @@ def load_hparams(argv):
             text = fin.read()
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeError(f"cannot read the hparams file {hparams_file} ({err})") from None
-    check_overrides(yaml.safe_load(overrides) or {} if overrides else {}, text, hparams_file)
+    given = plain_settings(overrides, "the command-line overrides") if overrides else {}
+    check_overrides(given, text, hparams_file)
     try:
         hparams = load_hyperpyyaml(text, overrides)
     except ValueError as err:
