@@ -6,7 +6,11 @@ has a noise output) beside it or into ``--out-dir``: 32-bit float WAV at the
 input's sample rate and length, holding the model's values unchanged unless
 ``--normalize``. Options it does not know, like ``--num_spks 3``, are
 HyperPyYAML overrides of the hparams file, as on a recipe's command line;
-they must describe the trained model.
+they must describe the trained model, and options that do not shape the
+model (training options such as ``--lr`` or ``--precision``) are refused
+(:func:`nass.overrides.check_overrides`). ``--hparams`` may also be the
+``hyperparams.yaml`` a training run saved in its output folder, which
+holds the run's settings (overrides are then refused).
 
 Before anything is separated, the run is refused (exit status 1) if the
 model cannot be loaded, if ``--out-dir`` cannot be written to, or if two
@@ -223,11 +227,13 @@ def _parser():
         help="separate recordings into speakers and noise",
         description="Separate recordings into speakers (and noise) with a trained model. "
                     "Other --key value options are overrides of the hparams file, as for "
-                    "the recipe (e.g. --num_spks 3); they must describe the trained model.",
+                    "the recipe (e.g. --num_spks 3); they must describe the trained model "
+                    "(training options are refused).",
     )
     actions = [
         separate.add_argument("--hparams", required=True, metavar="HPARAMS.yaml",
-                              help="the recipe hparams file the model was trained with"),
+                              help="the recipe hparams file the model was trained with, or "
+                                   "the run's <output_folder>/hyperparams.yaml"),
         separate.add_argument("--checkpoint", required=True, metavar="CKPT",
                               help="a CKPT+... folder, or a save/ folder holding several "
                                    "(the one of best validation SI-SNR is used)"),
