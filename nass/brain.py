@@ -239,7 +239,14 @@ class SeparationBrain(sb.Brain):
         rows, saved = [], 0
         objective = self.hparams.objective
         quiet = self.noprogressbar or not if_main_process()
+        kernel = self.separator_module.encoder.conv1d.kernel_size[0]
         for batch in tqdm(loader, dynamic_ncols=True, disable=quiet):
+            n_samples = batch.mix_sig[0].shape[1]
+            if n_samples < kernel:
+                logger.warning("test utterance %s: %d samples, fewer than the encoder's %d: "
+                               "not separated, no score", batch.id[0], n_samples, kernel)
+                rows.append({"snt_id": batch.id[0], **dict.fromkeys(RESULT_COLUMNS[1:], float("nan"))})
+                continue
             with torch.no_grad(), self.evaluation_ctx:
                 predictions = self.compute_forward(batch, sb.Stage.TEST)
             est = predictions["estimates"].float()

@@ -118,9 +118,9 @@ def test_custom_layout(custom_corpus, tmp_path):
 
 
 def test_short_and_silent_utterances_are_evaluated_as_nan_with_a_warning(tmp_path, capfd):
-    corpus = make_custom(tmp_path / "custom", num_spks=2, n_mixtures=3, duration=1.0)
+    corpus = make_custom(tmp_path / "custom", num_spks=2, n_mixtures=4, duration=1.0)
     for split, stem, length, silent in (("test", 0, 200, None), ("test", 1, None, "source2"),
-                                         ("train", 0, 40, None)):
+                                         ("test", 3, 10, None), ("train", 0, 40, None)):
         folder = corpus / split
         name = sorted((folder / "mixture").glob("*.wav"))[stem].name
         parts = {d: sf.read(folder / d / name, dtype="float64")[0]
@@ -135,9 +135,10 @@ def test_short_and_silent_utterances_are_evaluated_as_nan_with_a_warning(tmp_pat
                "--limit_training_signal_len", "False")
     rows = results(out)
     ids = sorted(p.stem for p in (corpus / "test" / "mixture").glob("*.wav"))
-    short, silent, fine = ({k: float(v) for k, v in r.items() if k != "snt_id"} for r in rows[:3])
+    short, silent, fine, tiny = ({k: float(v) for k, v in r.items() if k != "snt_id"}
+                                 for r in rows[:4])
     assert math.isfinite(short["si-snr"]) and math.isnan(short["sdr"])
-    assert all(math.isnan(v) for v in silent.values())
+    assert all(math.isnan(v) for v in silent.values()) and all(math.isnan(v) for v in tiny.values())
     assert all(math.isfinite(v) for v in fine.values())
     avg = rows[-1]
     assert float(avg["sdr"]) == pytest.approx(fine["sdr"], abs=1e-6)
@@ -145,7 +146,9 @@ def test_short_and_silent_utterances_are_evaluated_as_nan_with_a_warning(tmp_pat
     warnings = "".join(capfd.readouterr())  # SpeechBrain's logging setup writes to the console
     assert f"test utterance {ids[0]}: 200 samples, fewer than the 512 BSS-Eval needs" in warnings
     assert f"test utterance {ids[1]}: reference(s) [1] all zero" in warnings
-    assert f"The avg sdr leaves out 2 of 3 utterance(s) where it is NaN: {ids[0]}, {ids[1]}" in warnings
+    assert f"test utterance {ids[3]}: 10 samples, fewer than the encoder's 16" in warnings
+    assert (f"The avg sdr leaves out 3 of 4 utterance(s) where it is NaN: {ids[0]}, {ids[1]}, "
+            f"{ids[3]}") in warnings
 
 
 def test_bf16_autocast_on_cpu_keeps_pcl(libri2mix, tmp_path):
