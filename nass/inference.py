@@ -54,6 +54,7 @@ from hyperpyyaml import load_hyperpyyaml
 from nass.audio import AudioInputError, output_paths, read_audio, save_sources, source_names  # noqa: F401
 from nass.checkpoints import best_checkpoint, check_fit, load_state
 from nass.chunking import DEFAULT_OVERLAP, separate_in_chunks
+from nass.logs import quiet_torchvision_note
 from nass.overrides import check_overrides
 
 logger = logging.getLogger(__name__)
@@ -374,6 +375,7 @@ def load_hparams(hparams_file, overrides=None):
     if "checkpointer" in settings:
         merged["checkpointer"] = None
     merged.update(overrides or {})
+    quiet_torchvision_note()
     # The recipe files seed torch's global generator; keep the caller's stream.
     with torch.random.fork_rng(devices=[]):
         return load_hyperpyyaml(text, merged)
