@@ -129,14 +129,14 @@ def separate_command(args, overrides):
             chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty(),
         )
     except Exception as err:  # any failure to build or load the model is one message, not a trace
-        _error(f"cannot load the model: {err}")
+        _report(f"cannot load the model: {err}")
         return EXIT_FAILED
     try:
         plan = plan_outputs(args.inputs, separator.source_names, args.out_dir)
         if args.out_dir is not None:
             check_out_dir(args.out_dir)
     except OutputPathError as err:
-        _error(f"{err}; nothing was separated")
+        _report(f"{err}; nothing was separated")
         return EXIT_FAILED
     print(f"nass separate: using checkpoint {separator.checkpoint}")
     failed = 0
@@ -153,17 +153,17 @@ def separate_command(args, overrides):
                 warnings.simplefilter("always", TruncatedAudioWarning)
                 waveform, sample_rate = read_audio(path)
             for warning in caught:
-                _error(str(warning.message), kind="warning")
+                _report(str(warning.message), kind="warning")
             sources = separator.separate_tensor(waveform, sample_rate)
             save_sources(sources, sample_rate, paths, overwrite=args.overwrite,
                          normalize=args.normalize)
         except (AudioInputError, OSError, RuntimeError) as err:
             failed += 1
-            _error(f"{path}: {err}")
+            _report(f"{path}: {err}")
         else:
             tqdm.write(f"{path} -> {', '.join(str(p) for p in paths.values())}")
     if failed:
-        _error(f"{failed} of {len(args.inputs)} input(s) failed")
+        _report(f"{failed} of {len(args.inputs)} input(s) failed")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -172,17 +172,17 @@ def plot_command(args):
     """``nass plot``: one PNG of the mixture's and its outputs' spectrograms."""
     mixture = Path(args.mixture)
     if not mixture.is_file():
-        _error(f"no such mixture file: {mixture}", command="plot")
+        _report(f"no such mixture file: {mixture}", command="plot")
         return EXIT_FAILED
     outputs = args.outputs or find_outputs(mixture, args.prefix)
     if not outputs:
         prefix = args.prefix or mixture.with_suffix("")
-        _error(f"no separated outputs found ({prefix}_spk*.wav, {prefix}_noise.wav); "
+        _report(f"no separated outputs found ({prefix}_spk*.wav, {prefix}_noise.wav); "
                f"give them as arguments or point --prefix at them", command="plot")
         return EXIT_FAILED
     missing = [str(p) for p in outputs if not Path(p).is_file()]
     if missing:
-        _error(f"no such file(s): {', '.join(missing)}", command="plot")
+        _report(f"no such file(s): {', '.join(missing)}", command="plot")
         return EXIT_FAILED
     out_png = Path(args.output) if args.output else mixture.with_name(f"{mixture.stem}_spectrograms.png")
     from nass.plot import plot_spectrograms  # matplotlib: only when plotting
@@ -190,7 +190,7 @@ def plot_command(args):
     try:
         plot_spectrograms([mixture, *outputs], out_png)
     except (OSError, RuntimeError, ValueError) as err:
-        _error(str(err), command="plot")
+        _report(str(err), command="plot")
         return EXIT_FAILED
     print(f"nass plot: wrote {out_png}")
     return EXIT_OK
@@ -204,12 +204,12 @@ def demo_command(args):
         run_demo(args.out_dir, minutes=args.minutes, seed=args.seed, epochs=args.epochs,
                  quick=args.quick)
     except DemoError as err:
-        _error(str(err), command="demo")
+        _report(str(err), command="demo")
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _error(message, command="separate", kind="error"):
+def _report(message, command="separate", kind="error"):
     tqdm.write(f"nass {command}: {kind}: {message}", file=sys.stderr)
     if kind == "error" and os.environ.get("NASS_DEBUG") and sys.exc_info()[0] is not None:
         traceback.print_exc()
