@@ -31,7 +31,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import spectrogram
 
-from nass.audio import find_outputs, read_audio
+# find_outputs is imported from here by callers that plot what nass separate wrote.
+from nass.audio import find_outputs, read_audio  # noqa: F401
 
 # 32 ms frames with 75 % overlap: the usual resolution for looking at speech.
 FRAME_SECONDS = 0.032
