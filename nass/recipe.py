@@ -20,7 +20,7 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.run_opts import RunOptions
 
 from nass.brain import SeparationBrain
@@ -149,7 +149,8 @@ def run(argv):
                 f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
                 f"point --output_folder at the folder whose save/ holds it"
             )
-        _check_checkpoint(hparams, hparams_file, checkpoint_to_evaluate(save_folder))
+        evaluated = checkpoint_to_evaluate(save_folder)
+        _check_checkpoint(hparams, hparams_file, evaluated)
 
     splits = ("test",) if test_only else ("train", "valid", "test")
     if hparams["dynamic_mixing"] and not test_only:
@@ -191,8 +192,10 @@ def run(argv):
         checkpointer = hparams["checkpointer"]
         resumable = [n for n in checkpointer.recoverables if not checkpointer.optional_recoverables.get(n)]
         resumable.append("optimizer")
-        for path in set_aside_incomplete(save_folder, resumable):
-            logger.warning("%s was left incomplete by a killed run; set aside", path)
+        if if_main_process():   # one process renames; the others wait for it
+            for path in set_aside_incomplete(save_folder, resumable):
+                logger.warning("%s was left incomplete by a killed run; set aside", path)
+        ddp_barrier()
         newest = hparams["checkpointer"].find_checkpoint()
         _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
         brain.fit(
@@ -202,9 +205,8 @@ def run(argv):
             train_loader_kwargs=hparams["dataloader_opts"],
             valid_loader_kwargs=hparams["dataloader_opts"],
         )
-    brain.write_test_results(
-        datasets["test"], checkpoint_to_evaluate(save_folder), hparams["dataloader_opts"]
-    )
+        evaluated = checkpoint_to_evaluate(save_folder)
+    brain.write_test_results(datasets["test"], evaluated, hparams["dataloader_opts"])
     if torch.distributed.is_initialized():
         # Leaving with the group alive lets gloo's threads abort the process at exit.
         torch.distributed.barrier()
