@@ -4,7 +4,6 @@ import csv
 import hashlib
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
