@@ -10,8 +10,8 @@ never reads would otherwise surface as a deep error or as nothing at all.
   file has ``1``);
 * for separation (``purpose="inference"``), a key that does not shape the
   model: only the settings that ``separator``, ``sample_rate`` and
-  ``noise_assignment`` are built from (followed through ``!ref``) change
-  what ``nass separate`` does;
+  ``outputs`` (or ``noise_assignment``) are built from (followed through
+  ``!ref``) change what ``nass separate`` does;
 * any override of the resolved copy SpeechBrain writes to
   ``<output_folder>/hyperparams.yaml``: its references are already filled
   in, so a new ``num_spks`` would not reach the model built from it.
@@ -37,9 +37,10 @@ import re
 import yaml
 
 # What ``nass separate`` reads from an hparams file: the model, the rate it
-# was trained at, and how its noise output was trained. Every other setting
-# (training, data, run options such as precision) changes nothing there.
-INFERENCE_ROOTS = ("separator", "sample_rate", "noise_assignment")
+# was trained at, and what its outputs are (how its noise output was trained).
+# Every other setting (training, data, run options such as precision) changes
+# nothing there: the one list to extend when separation gains such an option.
+INFERENCE_ROOTS = ("separator", "sample_rate", "outputs", "noise_assignment")
 
 # The first lines of the copy ``speechbrain.create_experiment_directory`` saves.
 _RESOLVED_COPY = re.compile(r"\A# Generated [^\n]* from:\n# [^\n]*\n# yamllint disable\n")
