@@ -329,7 +329,7 @@ def test_a_corrupt_checkpoint_says_corrupt(checkpoint, tmp_path, capsys):
     sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
     assert separate(broken, tmp_path / "talk.wav") == 1
     err = capsys.readouterr().err
-    assert f"checkpoint {ckpt} is corrupt: masknet.ckpt (UnpicklingError) cannot be read" in err
+    assert f"{ckpt}: masknet.ckpt unreadable: corrupt or cut short (UnpicklingError)" in err
     assert "weights_only" not in err and "does not fit" not in err
 
 

@@ -14,7 +14,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
 from nass.audio import TruncatedAudioWarning
-from nass.checkpoints import CheckpointMismatchError, read_meta
+from nass.checkpoints import CheckpointMismatchError, CorruptCheckpointError, check_fit, read_meta
 from nass.chunking import crossfade_weights, plan_windows, separate_in_chunks
 from nass.inference import (
     AudioInputError,
@@ -380,3 +380,14 @@ def test_separating_makes_no_inference_tensors(separator):
 def test_too_small_chunks_are_refused(separator):
     with pytest.raises(ValueError, match="chunk_seconds must be at least"):
         Separator(separator.model, 8000, chunk_seconds=0.001)
+
+
+def test_a_checkpoint_file_torch_refuses_to_unpickle_is_called_corrupt(checkpoints, tmp_path):
+    copy = tmp_path / "save"
+    shutil.copytree(checkpoints[1], copy)
+    # Loadable only by running its pickled code (weights_only=False): refused, not "does not fit".
+    torch.save({"weight": torch.zeros(1), "hook": print}, copy / "masknet.ckpt")
+    model = load_model(HPARAMS, TINY)
+    with pytest.raises(CorruptCheckpointError, match=r"is corrupt: masknet.ckpt \(UnpicklingError\)") as err:
+        check_fit({"masknet": model.masknet}, copy)
+    assert "weights_only" not in str(err.value)

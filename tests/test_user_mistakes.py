@@ -80,7 +80,8 @@ def separate_mistakes(tmp):
     return {
         "out-dir is a file": ([*base, str(talk), "--out-dir", str(tmp / "a_file")],
                               f"--out-dir {tmp / 'a_file'} is a file"),
-        "corrupt checkpoint": ([*base[:4], str(corrupt), *TINY_ARGS, str(talk)], "is corrupt"),
+        "corrupt checkpoint": ([*base[:4], str(corrupt), *TINY_ARGS, str(talk)],
+                               "encoder.ckpt unreadable: corrupt or cut short"),
         "hparams not YAML": (["separate", "--hparams", str(tmp / "notes.yaml"), "--checkpoint",
                               str(save), str(talk)], f"{tmp / 'notes.yaml'} is not a YAML"),
         "training option when separating": ([*base, "--precision", "bf16", str(talk)],
