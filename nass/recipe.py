@@ -22,6 +22,7 @@ status 130; ``NASS_DEBUG=1`` shows the traceback.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -213,30 +214,15 @@ def _run(hparams_file, run_opts, overrides, hparams):
     test_only = run_option("test_only", run_opts, hparams)
     save_folder = Path(hparams["save_folder"])
     # Before anything is written: a checkpoint that does not fit refuses the run.
-    if test_only:
-        if not list_checkpoints(save_folder):
-            raise RecipeError(
-                f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
-                f"point --output_folder at the folder whose save/ holds it"
-            )
-        evaluated = checkpoint_to_evaluate(save_folder)
-        _check_checkpoint(hparams, hparams_file, evaluated)
-    else:
-        checkpointer = hparams["checkpointer"]
-        resumable = [n for n in checkpointer.recoverables if not checkpointer.optional_recoverables.get(n)]
-        resumable.append("optimizer")
-        if if_main_process():   # one process renames; the others wait for it
-            for path in set_aside_incomplete(save_folder, resumable):
-                logger.warning("%s was left incomplete by a killed run; set aside", path)
-        ddp_barrier()
-        newest = checkpointer.find_checkpoint()
-        _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
-    check_data_folder(hparams["dataset_layout"])
+    # What nass logs meanwhile goes to the run's log.txt too, once that exists.
+    with _held_back("nass") as held:
+        evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    _release(held)
 
     splits = ("test",) if test_only else ("train", "valid", "test")
     if hparams["dynamic_mixing"] and not test_only:
@@ -289,6 +275,62 @@ def _run(hparams_file, run_opts, overrides, hparams):
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return brain
+
+
+def _check_before_writing(hparams, hparams_file, test_only, save_folder):
+    """Refuses a run whose checkpoint (to evaluate, or to resume) does not fit, or whose data
+    folder is missing; returns the checkpoint to evaluate with ``test_only``, else None."""
+    evaluated = None
+    if test_only:
+        if not list_checkpoints(save_folder):
+            raise RecipeError(
+                f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
+                f"point --output_folder at the folder whose save/ holds it"
+            )
+        evaluated = checkpoint_to_evaluate(save_folder)
+        _check_checkpoint(hparams, hparams_file, evaluated)
+    else:
+        checkpointer = hparams["checkpointer"]
+        resumable = [n for n in checkpointer.recoverables if not checkpointer.optional_recoverables.get(n)]
+        resumable.append("optimizer")
+        if if_main_process():   # one process renames; the others wait for it
+            for path in set_aside_incomplete(save_folder, resumable):
+                logger.warning("%s was left incomplete by a killed run; set aside", path)
+        ddp_barrier()
+        newest = checkpointer.find_checkpoint()
+        _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
+    check_data_folder(hparams["dataset_layout"])
+    return evaluated
+
+
+@contextlib.contextmanager
+def _held_back(name):
+    """Holds back the records of logger ``name`` (and its children); yields their list.
+
+    They are emitted at once if the block raises, else by :func:`_release`
+    (after SpeechBrain has set up the run's log file).
+    """
+    held_logger = logging.getLogger(name)
+    held = []
+    handler = logging.Handler()
+    handler.emit = held.append
+    propagate = held_logger.propagate
+    held_logger.addHandler(handler)
+    held_logger.propagate = False
+    try:
+        yield held
+    except BaseException:
+        held_logger.removeHandler(handler)
+        held_logger.propagate = propagate
+        _release(held)
+        raise
+    held_logger.removeHandler(handler)
+    held_logger.propagate = propagate
+
+
+def _release(records):
+    for record in records:
+        logging.getLogger(record.name).handle(record)
 
 
 def _checkpoint_steps_alone(run_opts):
