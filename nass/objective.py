@@ -22,7 +22,7 @@ True
 import torch
 
 from nass.metrics import pairwise_si_snr
-from nass.pcl import PatchNCELoss, pcl_loss
+from nass.pcl import PatchNCELoss, chance_level, pcl_loss
 from nass.pit import NOISE_ASSIGNMENTS, align, best_assignment
 
 
@@ -131,8 +131,10 @@ class NASSObjective:
         Returns
         -------
         dict
-            ``loss``, ``separation``, ``pcl`` (each ``[B]``) and
-            ``assignment`` ``[B, C(+1)]`` (output index for each target).
+            ``loss``, ``separation``, ``pcl`` (each ``[B]``),
+            ``assignment`` ``[B, C(+1)]`` (output index for each target) and
+            ``pcl_chance`` (float: the PCL term at chance, ``weight * ln K``;
+            0 without PCL).
         """
         assignment, separation = self.assign(estimates, targets, lengths)
         if self.uses_pcl:
@@ -147,13 +149,16 @@ class NASSObjective:
                 self.pcl_num_patches,
                 self.pcl_weight,
             )
+            chance = chance_level(self.patch_sampler, self.pcl_num_patches, self.pcl_weight,
+                                  *sep_reps.shape[-2:])
         else:
-            pcl = torch.zeros_like(separation)
+            pcl, chance = torch.zeros_like(separation), 0.0
         return {
             "loss": separation + pcl,
             "separation": separation,
             "pcl": pcl,
             "assignment": assignment,
+            "pcl_chance": chance,
         }
 
     def _check(self, estimates, targets):
