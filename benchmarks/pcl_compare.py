@@ -60,7 +60,7 @@ VARIANTS = {
 # Model sizes: overrides of the release Sepformer hparams.
 MODELS = {
     "tiny": {"N_encoder_out": 16, "out_channels": 16, "intra_layers": 1, "inter_layers": 1,
-             "nhead": 2, "d_ffn": 32, "chunk_size": 20, "pcl_proj_dim": 16,
+             "nhead": 2, "d_ffn": 32, "chunk_size": 20, "pcl_proj_dim": 64,
              "pcl_num_patches": 32},
     "small": {"N_encoder_out": 64, "out_channels": 64, "intra_layers": 1, "inter_layers": 1,
               "nhead": 4, "d_ffn": 128, "chunk_size": 50, "pcl_proj_dim": 64,
@@ -230,8 +230,9 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     data = corpus(args, work)
     check_work_dir(work, settings(args, data), args.overwrite)
+    threads = f", {args.threads} thread(s) per run" if args.device == "cpu" else ""
     print(f"data {data}; model {args.model}; {args.epochs} epochs; crop {args.train_len}; "
-          f"seeds {args.seeds}; device {args.device}", flush=True)
+          f"seeds {args.seeds}; device {args.device}{threads}", flush=True)
     start = time.time()
     results = {v: [] for v in args.variants}
     # Seed by seed, so that a stopped comparison has every variant at the seeds it finished.
