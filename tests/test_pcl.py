@@ -295,3 +295,17 @@ def test_chance_level_is_the_loss_of_equal_logits():
     # Fewer positions than patches asked for: K_effective is the number of positions.
     assert chance_level(PatchSampler(4), 256, 2.0, 6, 7) == pytest.approx(2 * math.log(6))
     assert chance_level(FramePatchSampler(8, 4, window=3), 256, 1.0, 8, 10) == pytest.approx(math.log(8))
+
+
+def test_frame_pcl_runs_under_bf16_autocast_on_cpu():
+    masknet, est, clean = _masknet_and_reps(seed=11)
+    sampler = make_patch_sampler("frame", proj_dim=8, num_channels=16)
+    assignment = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    ids = torch.randperm(60)[:32]
+    ref = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
+    low.sum().backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().max() > 0 for p in masknet.parameters())
