@@ -461,3 +461,22 @@ def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, pa
     for query, positive in zip(queries, fixed[:-1]):
         total = total + nce(query, positive, negatives).mean(dim=1)
     return total * (weight / n_spk)
+
+
+def build_patch_sampler(pcl_weight, proj_dim=256, kind="scalar", num_channels=None, window=1):
+    """The recipes' ``patchsamplenet``: the ``kind`` of sampler when PCL is on, else None.
+
+    Building nothing with PCL off keeps a baseline run's random numbers
+    (weight initialisation, crops) those of SpeechBrain's own recipe. ``kind``
+    is the ``pcl_patch`` option (see :func:`make_patch_sampler`).
+
+    >>> build_patch_sampler(0.0) is None, type(build_patch_sampler(2.0, proj_dim=8)).__name__
+    (True, 'PatchSampler')
+    >>> type(build_patch_sampler(2.0, 8, kind="frame", num_channels=16)).__name__
+    'FramePatchSampler'
+    """
+    if kind not in PATCH_KINDS:
+        raise ValueError(f"pcl_patch must be one of {PATCH_KINDS}, got {kind!r}")
+    if pcl_weight > 0:
+        return make_patch_sampler(kind, proj_dim, num_channels, window=window)
+    return None
