@@ -36,7 +36,7 @@ def train_log_stats(folder):
 
 def short_run(corpus, out, patch):
     run([str(LIBRIMIX_HPARAMS), "--data_folder", str(corpus), "--output_folder", str(out),
-         *TINY_ARGS, "--pcl_proj_dim", "64", "--pcl_num_patches", "16",
+         *TINY_ARGS, "--pcl_proj_dim", "128", "--pcl_num_patches", "16",
          "--training_signal_len", "4000", "--N_epochs", str(EPOCHS), "--lr", "0.001",
          "--pcl_patch", patch, "--pcl_grad_every", "12", "--save_audio", "False",
          "--noprogressbar", "True"])
