@@ -2,6 +2,7 @@
 
     python benchmarks/noise_pick.py --samples DIR            # the held-out evaluation set
     python benchmarks/noise_pick.py --samples DIR --split dev
+    python benchmarks/noise_pick.py --samples DIR --fit --mixtures 20   # refit the weights
 
 ``DIR`` is SpeechBrain's ``tests/samples`` folder (from a clone of
 speechbrain/speechbrain, or ``git --git-dir=<mirror> archive HEAD tests/samples
@@ -25,9 +26,11 @@ noise, in every order of the outputs (6 per mixture).
   room impulse responses (SpeechBrain's ``RIRs``), one per talker.
 
 Talkers, noises and RIRs are split into a ``dev`` set (looked at while
-choosing the features and constants of :mod:`nass.noise_id`) and an ``eval``
+choosing the features and constants of :mod:`nass.noise_id`, and the only
+data ``--fit`` fits its weights on, with a seed of its own) and an ``eval``
 set (the figures reported), see :data:`SPLITS`. The last line is
-``acc_none=<%> acc_m20=<%> acc_m10=<%> acc_m5=<%> acc_all=<%> n=<picks>``.
+``acc_none=<%> acc_m20=<%> acc_m10=<%> acc_m5=<%> acc_all=<%> n=<picks> close_pct=<%>``
+(accuracy per leakage, over all; picks made; picks flagged as close calls).
 """
 
 import argparse
@@ -46,7 +49,8 @@ from _common import REPO_ROOT, format_table, last_line, machine_summary, use_che
 
 use_checkout()
 
-from nass.noise_id import FEATURES, MAX_Z, WEIGHTS_FILE, features, identify_noise  # noqa: E402
+from nass.noise_id import (  # noqa: E402
+    CLOSE_MARGIN, FEATURES, MAX_Z, WEIGHTS_FILE, features, identify_noise, score_network)
 
 RATE = 8000
 SECONDS = 4.0
@@ -260,42 +264,54 @@ def run(lib, n_mixtures, seed):
     return results, margins
 
 
-def fit(lib, n_mixtures, seed, path, l2=0.01):
+def fit(lib, n_mixtures, seed, path, hidden=8, l2=0.001):
     """Fits the weights of :func:`nass.noise_id.one_voice_scores` and writes them to ``path``.
 
     A conditional logistic regression: over the three outputs of a mixture,
     ``softmax(-score)`` is the probability of each being the noise, and the
     cross-entropy of the true noise output (plus ``l2`` times the squared
-    weights) is minimised, on standardised features.
+    weights) is minimised with L-BFGS, from a seeded start; the score is
+    :func:`nass.noise_id.score_network` of the standardised features.
     """
     rows = torch.stack([torch.stack([features(outputs[:, k], RATE) for k in range(3)])
                         for _, outputs in cases(lib, n_mixtures, seed)])
     flat = rows.reshape(-1, rows.shape[-1])
     mean, scale = flat.mean(dim=0), flat.std(dim=0).clamp(min=1e-9)
-    weights = torch.zeros(rows.shape[-1], dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weights], max_iter=500, line_search_fn="strong_wolfe")
+    standardised = ((rows - mean) / scale).clamp(-MAX_Z, MAX_Z)
+    generator = torch.Generator().manual_seed(seed)
+    params = [(0.3 * torch.randn(len(FEATURES), hidden, generator=generator, dtype=torch.float64)),
+              torch.zeros(hidden, dtype=torch.float64),
+              (0.3 * torch.randn(hidden, generator=generator, dtype=torch.float64))]
+    for p in params:
+        p.requires_grad_()
+    optimiser = torch.optim.LBFGS(params, max_iter=500, line_search_fn="strong_wolfe")
     target = torch.full((rows.shape[0],), 2)
 
     def loss():
         optimiser.zero_grad()
-        scores = ((rows - mean) / scale).clamp(-MAX_Z, MAX_Z) @ weights
-        value = torch.nn.functional.cross_entropy(-scores, target) + l2 * weights.pow(2).sum()
+        scores = score_network(standardised, *params)
+        value = (torch.nn.functional.cross_entropy(-scores, target)
+                 + l2 * sum(p.pow(2).sum() for p in params))
         value.backward()
         return value
 
     optimiser.step(loss)
+    right = (score_network(standardised, *params).argmin(dim=1) == 2).double().mean()
+
+    def rounded(tensor):
+        return torch.round(tensor.detach(), decimals=6).tolist()
+
     data = {
         "about": "weights of nass.noise_id.one_voice_scores, written by benchmarks/noise_pick.py "
                  f"--fit on the 'dev' split, {n_mixtures} mixtures per condition, seed {seed}, "
-                 f"l2 {l2}",
+                 f"{hidden} hidden units, l2 {l2}",
         "features": list(FEATURES),
-        "mean": [round(float(v), 6) for v in mean],
-        "scale": [round(float(v), 6) for v in scale],
-        "weights": [round(float(v), 6) for v in weights.detach()],
+        "mean": rounded(mean), "scale": rounded(scale),
+        "hidden_weights": rounded(params[0]), "hidden_bias": rounded(params[1]),
+        "weights": rounded(params[2]),
     }
-    Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    print(f"fitted on {rows.shape[0]} mixtures; wrote {path}: "
-          + ", ".join(f"{n} {w:+.2f}" for n, w in zip(FEATURES, data["weights"])))
+    Path(path).write_text(json.dumps(data) + "\n", encoding="utf-8")
+    print(f"fitted on {rows.shape[0]} mixtures ({100 * right:.1f} % of them right); wrote {path}")
 
 
 def _leak_name(leakage):
@@ -315,10 +331,13 @@ def main():
     parser.add_argument("--split", choices=sorted(SPLITS), default="eval")
     parser.add_argument("--mixtures", type=int, default=10, help="mixtures per condition")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the features are many small steps)")
     parser.add_argument("--fit", action="store_true",
                         help=f"fit the weights on the dev split and write them to {WEIGHTS_FILE.name} "
                              f"(instead of measuring)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     print(machine_summary())
     if args.fit:
@@ -346,11 +365,16 @@ def main():
     print(format_table(["noise", "SNR dB", "speakers"] + [f"leak {_leak_name(x)}" for x in LEAKAGES],
                        rows))
     wrong = sorted(m for m, right in margins if not right)
-    print(f"\nwrong picks: {len(wrong)} of {len(margins)}; their margins: "
+    flagged = sum(m < CLOSE_MARGIN for m, _ in margins)
+    print(f"\nwrong picks: {len(wrong)} of {len(margins)}, {sum(m < CLOSE_MARGIN for m in wrong)} "
+          f"of them flagged as close calls (margin < {CLOSE_MARGIN}); their margins: "
           f"{', '.join(f'{m:.2f}' for m in wrong[:20])}{' ...' if len(wrong) > 20 else ''}")
+    print(f"close calls: {flagged} of {len(margins)} picks "
+          f"({_pct(flagged, len(margins)):.1f} %)")
     acc = {x: _pct(*total(lambda k, s, l, r, x=x: l == x)) for x in LEAKAGES}
     print(last_line(acc_none=acc[None], acc_m20=acc[-20.0], acc_m10=acc[-10.0], acc_m5=acc[-5.0],
-                    acc_all=_pct(*total(lambda *k: True)), n=len(margins)))
+                    acc_all=_pct(*total(lambda *k: True)), n=len(margins),
+                    close_pct=_pct(flagged, len(margins))))
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ how much it sounds like *one* voice and names the lowest the noise:
   alternate in one voice; a constant-pitch hum scores low in
   pitch variation.
 
-The score is a linear function of these features (standardised), whose
-weights were fitted by ``python benchmarks/noise_pick.py --fit`` (a
-conditional logistic regression: the noise is the lowest-scoring output of
-each mixture) on the benchmark's ``dev`` talkers, noises and room responses,
-and evaluated on others; they ship as ``nass/assets/noise_id.json``. The
-scores of a mixture's outputs are log-odds: ``softmax(-scores)`` is how
-likely each output is to be the noise, and a choice whose runner-up is within
+The score is a small neural network of these features (standardised, one
+hidden layer of 8 tanh units), fitted by ``python benchmarks/noise_pick.py
+--fit`` (a conditional logistic regression: the noise is the lowest-scoring
+output of each mixture) on the benchmark's ``dev`` talkers, noises and room
+responses, and evaluated on others; its 81 weights ship as
+``nass/assets/noise_id.json``. The scores of a mixture's outputs are
+log-odds: ``softmax(-scores)`` is how likely each output is to be the
+noise, and a choice whose runner-up is within
 :data:`CLOSE_MARGIN` is reported as close.
 
 Example
@@ -232,7 +233,8 @@ def _weights(path=WEIGHTS_FILE):
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if tuple(data["features"]) != FEATURES:
         raise ValueError(f"{path}: weights for features {data['features']}, expected {FEATURES}")
-    return tuple(torch.tensor(data[key], dtype=torch.float64) for key in ("mean", "scale", "weights"))
+    return tuple(torch.tensor(data[key], dtype=torch.float64)
+                 for key in ("mean", "scale", "hidden_weights", "hidden_bias", "weights"))
 
 
 def one_voice_scores(feature_rows):
@@ -242,8 +244,14 @@ def one_voice_scores(feature_rows):
     the weights were fitted on (a pure tone, digital silence) must not let one
     feature outweigh all the others.
     """
-    mean, scale, weights = _weights()
-    return ((feature_rows - mean) / scale).clamp(-MAX_Z, MAX_Z) @ weights
+    mean, scale, hidden_weights, hidden_bias, weights = _weights()
+    return score_network(((feature_rows - mean) / scale).clamp(-MAX_Z, MAX_Z),
+                         hidden_weights, hidden_bias, weights)
+
+
+def score_network(standardised, hidden_weights, hidden_bias, weights):
+    """``tanh(z @ hidden_weights + hidden_bias) @ weights``: the score of standardised features."""
+    return torch.tanh(standardised @ hidden_weights + hidden_bias) @ weights
 
 
 def identify_noise(outputs, sample_rate):

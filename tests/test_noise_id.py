@@ -90,5 +90,6 @@ def test_silence_short_inputs_and_odd_signals_give_finite_scores():
 def test_shipped_weights_match_the_features_and_the_old_import_works():
     data = json.loads(WEIGHTS_FILE.read_text())
     assert tuple(data["features"]) == FEATURES
-    assert all(len(data[key]) == len(FEATURES) for key in ("mean", "scale", "weights"))
+    assert all(len(data[key]) == len(FEATURES) for key in ("mean", "scale", "hidden_weights"))
+    assert len(data["hidden_bias"]) == len(data["weights"]) == len(data["hidden_weights"][0])
     assert nass.inference.pick_noise is pick_noise
