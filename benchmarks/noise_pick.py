@@ -50,7 +50,8 @@ from _common import REPO_ROOT, format_table, last_line, machine_summary, use_che
 use_checkout()
 
 from nass.noise_id import (  # noqa: E402
-    CLOSE_MARGIN, FEATURES, MAX_Z, WEIGHTS_FILE, features, identify_noise, score_network)
+    CLOSE_MARGIN, FEATURES, MAX_Z, WEIGHTS_FILE, NoiseChoice, features, identify_noise,
+    score_network, speech_likeness)
 
 RATE = 8000
 SECONDS = 4.0
@@ -250,13 +251,20 @@ def cases(lib, n_mixtures, seed):
             yield condition, torch.from_numpy(with_leakage(rng, sources, leakage)).float()
 
 
-def run(lib, n_mixtures, seed):
+def spectral_structure_only(outputs, rate):
+    """The identification before ``nass.noise_id``: the lowest :func:`speech_likeness`."""
+    scores = [speech_likeness(outputs[:, k], rate) for k in range(outputs.shape[-1])]
+    ranked = sorted(scores)
+    return NoiseChoice(index=scores.index(ranked[0]), scores=scores, margin=ranked[1] - ranked[0])
+
+
+def run(lib, n_mixtures, seed, identify=identify_noise):
     """``{condition: (correct picks, picks)}`` and ``(margin, right)`` of every pick."""
     results, margins = {}, []
     for condition, outputs in cases(lib, n_mixtures, seed):
         correct, total = results.get(condition, (0, 0))
         for order in itertools.permutations(range(3)):
-            found = identify_noise(outputs[:, list(order)], RATE)
+            found = identify(outputs[:, list(order)], RATE)
             right = order[found.index] == 2
             correct, total = correct + right, total + 1
             margins.append((found.margin, right))
@@ -331,6 +339,9 @@ def main():
     parser.add_argument("--split", choices=sorted(SPLITS), default="eval")
     parser.add_argument("--mixtures", type=int, default=10, help="mixtures per condition")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", action="store_true",
+                        help="measure the earlier identification instead (the lowest "
+                             "speech_likeness; its margins are not log-odds)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the features are many small steps)")
     parser.add_argument("--fit", action="store_true",
@@ -346,8 +357,10 @@ def main():
             WEIGHTS_FILE)
         return
     lib = Library(args.samples, args.librimix, SPLITS[args.split])
-    results, margins = run(lib, args.mixtures, args.seed)
-    print(f"split {args.split}: {args.mixtures} mixtures per condition, 6 orders each; "
+    results, margins = run(lib, args.mixtures, args.seed,
+                           spectral_structure_only if args.baseline else identify_noise)
+    method = "lowest speech_likeness (baseline)" if args.baseline else "nass.noise_id"
+    print(f"split {args.split}, {method}: {args.mixtures} mixtures per condition, 6 orders each; "
           f"accuracy in % of picks\n")
 
     def total(match):

@@ -243,7 +243,8 @@ def _parser():
         separate.add_argument("--chunk-seconds", type=float, metavar="S",
                               help=f"separate longer inputs in windows of S seconds "
                                    f"overlapping by {DEFAULT_OVERLAP * 100:.0f}%% "
-                                   f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass)"),
+                                   f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass; "
+                                   f"capped at the longest input the model can take)"),
         separate.add_argument("--noise-output", type=int, metavar="K",
                               help="call model output K (0-based, as listed in "
                                    "<input>_sources.json) the noise, instead of the one "
