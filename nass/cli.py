@@ -8,9 +8,9 @@ input's sample rate and length, holding the model's values unchanged unless
 how the noise output was chosen and its scores (see
 :class:`nass.inference.Sources`), and the checkpoint. When the choice of the
 noise output is close, one line on stderr names the input; ``--noise-output
-K`` makes model output ``K`` the noise instead. Options it does not know, like ``--num_spks 3``, are
-HyperPyYAML overrides of the hparams file, as on a recipe's command line;
-they must describe the trained model.
+K`` makes model output ``K`` the noise instead. Options it does not know,
+like ``--num_spks 3``, are HyperPyYAML overrides of the hparams file, as on
+a recipe's command line; they must describe the trained model.
 
 An input that cannot be separated (missing, unreadable, empty, shorter than
 the encoder's kernel, all zero, or whose outputs exist without

@@ -189,7 +189,9 @@ def pitch_track(signal):
         # sum_n head[n] * segment[n + lag], lag = 0 .. lag_max
         correlation = torch.fft.irfft(spectrum, n_fft)[:, : lag_max + 1]
         cumulative = torch.nn.functional.pad(segment.pow(2).cumsum(dim=1), (1, 0))
-        shifted_energy = cumulative[:, PITCH_FRAME:PITCH_FRAME + lag_max + 1] - cumulative[:, : lag_max + 1]
+        # energy of segment[lag:lag + PITCH_FRAME], lag = 0 .. lag_max
+        shifted_energy = (cumulative[:, PITCH_FRAME:PITCH_FRAME + lag_max + 1]
+                          - cumulative[:, : lag_max + 1])
         energy = shifted_energy[:, :1]
         # The floor keeps near-silent frames (of a signal with digital silence) near 0.
         normalised = correlation / ((energy * shifted_energy).sqrt() + floor)

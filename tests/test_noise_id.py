@@ -58,8 +58,8 @@ def test_the_noise_is_found_in_every_order(noise):
 
 
 def test_scores_follow_their_outputs_and_say_how_sure():
-    signals = [voice(3.0, 120, 1), 0.3 * torch.randn(3 * RATE, generator=torch.Generator().manual_seed(1)),
-               voice(3.0, 200, 3)]
+    noise = 0.3 * torch.randn(3 * RATE, generator=torch.Generator().manual_seed(1))
+    signals = [voice(3.0, 120, 1), noise, voice(3.0, 200, 3)]
     choice = identify_noise(torch.stack(signals, dim=-1), RATE)
     flipped = identify_noise(torch.stack(signals[::-1], dim=-1), RATE)
     assert choice.index == 1 and flipped.index == 1
