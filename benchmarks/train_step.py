@@ -89,6 +89,7 @@ from speechbrain.lobes.models.dual_path import (  # noqa: E402
 from speechbrain.utils.autocast import AMPConfig, TorchAutocast  # noqa: E402
 
 from nass.objective import NASSObjective  # noqa: E402
+from nass.outputs import Outputs  # noqa: E402
 from nass.pcl import PatchSampler, pcl_loss  # noqa: E402
 from nass.separator import NoiseAwareSeparator  # noqa: E402
 
@@ -124,7 +125,7 @@ class Batch:
     lengths: torch.Tensor
 
     def targets(self, noise_output):
-        """``SeparationBrain._targets``: the speakers, then the noise with the noise output."""
+        """As ``SeparationBrain.compute_forward``: the speakers, then the noise with the noise output."""
         if noise_output:
             return torch.cat([self.speakers, self.noise.unsqueeze(-1)], dim=-1)
         return self.speakers
@@ -138,8 +139,7 @@ def load_sepformer(nass, seed, scratch):
     with open(SEPFORMER_HPARAMS, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     objective = hparams["objective"]
-    sampler = hparams["patchsamplenet"] if objective.uses_pcl else None
-    return Model(hparams["separator"], objective, sampler), hparams
+    return Model(hparams["separator"], objective, hparams["patchsamplenet"]), hparams
 
 
 def build_dprnn(nass, seed, hparams):
@@ -184,13 +184,10 @@ def build_dprnn(nass, seed, hparams):
     )
     sampler = PatchSampler(hparams["pcl_proj_dim"]) if nass else None
     objective = NASSObjective(
-        num_spks,
-        noise_output=nass,
-        noise_assignment=hparams["noise_assignment"],
+        Outputs(num_spks, noise_output=nass, noise_assignment=hparams["noise_assignment"]),
         pcl_weight=hparams["pcl_weight"] if nass else 0.0,
         pcl_num_patches=hparams["pcl_num_patches"],
         pcl_temperature=hparams["pcl_temperature"],
-        patch_sampler=sampler,
     )
     return Model(separator, objective, sampler)
 
@@ -236,7 +233,8 @@ class TrainStep:
                 frames = valid_frames(separator, batch.lengths, reps.shape[-1])
                 reps, clean = reps[..., :frames], clean[..., :frames]
             return objective(
-                estimates, batch.targets(separator.noise_output), reps, clean, batch.lengths
+                estimates, batch.targets(separator.noise_output), reps, clean, batch.lengths,
+                patch_sampler=self.model.sampler,
             )
 
     def __call__(self, batch):
@@ -298,7 +296,7 @@ def pcl_alone(step, batch):
         assignment, _ = objective.assign(estimates, batch.targets(True), batch.lengths)
     frames = valid_frames(separator, batch.lengths, reps.shape[-1])
     reps, clean = reps[..., :frames].detach().requires_grad_(), clean[..., :frames]
-    sampler = objective.patch_sampler
+    sampler = step.model.sampler
 
     def run():
         with step.autocast:
@@ -353,12 +351,7 @@ def head_alone(step, batch):
 def separation_alone(step, batch):
     """Forward and backward of the SI-SNR matrix and PIT on the variant's outputs."""
     separator, objective = step.model.separator, step.model.objective
-    without_pcl = NASSObjective(
-        objective.num_spks,
-        noise_output=objective.noise_output,
-        noise_assignment=objective.noise_assignment,
-        pcl_weight=0.0,
-    )
+    without_pcl = NASSObjective(objective.outputs, pcl_weight=0.0)
     with torch.no_grad(), step.autocast:
         estimates = separator(batch.mix)
     estimates = estimates.detach().requires_grad_()

@@ -125,7 +125,7 @@ def separate_command(args, overrides):
         _error(separator.window_note, level="note")
     if args.noise_output is not None:
         n_out = len(separator.source_names)
-        if not separator.model.noise_output:
+        if not separator.outputs.noise_output:
             _error("--noise-output: the model has no noise output")
             return EXIT_FAILED
         if not 0 <= args.noise_output < n_out:

@@ -56,9 +56,10 @@ import torchaudio
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from nass.checkpoints import best_checkpoint, check_fit, load_state
+from nass.checkpoints import check_fit, checkpoint_to_evaluate, load_state
 from nass.chunking import DEFAULT_OVERLAP, longest_input, max_positions, separate_in_chunks
 from nass.noise_id import identify_noise, pick_noise, speech_likeness  # noqa: F401 (re-exported)
+from nass.outputs import Outputs
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +142,10 @@ class Separator:
 
     def __init__(self, model, sample_rate, noise_assignment="pit", chunk_seconds=None,
                  device="cpu", checkpoint=None, progress=False):
-        if noise_assignment not in ("pit", "fixed"):
-            raise ValueError(f"noise_assignment must be 'pit' or 'fixed', got {noise_assignment!r}")
+        self.outputs = Outputs(model.num_spks, model.noise_output, noise_assignment)
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = int(sample_rate)
-        self.noise_assignment = noise_assignment
         self.checkpoint = checkpoint
         self.progress = progress
         self.chunk_seconds = DEFAULT_CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
@@ -162,10 +161,12 @@ class Separator:
         ---------
         hparams_file : str or Path
             E.g. ``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``;
-            its ``separator``, ``sample_rate`` and ``noise_assignment`` are used.
+            its ``separator``, ``sample_rate`` and ``outputs`` are used.
         checkpoint : str or Path
             A ``CKPT+...`` folder, or a ``save/`` folder holding several: the
-            one of lowest ``si-snr`` is used (logged, and kept as ``.checkpoint``).
+            one the recipe's evaluation would use
+            (:func:`nass.checkpoints.checkpoint_to_evaluate`; logged, and kept
+            as ``.checkpoint``).
         overrides : dict or str, optional
             HyperPyYAML overrides, as on the recipe's command line
             (``{"num_spks": 3}``); they must describe the trained model.
@@ -198,7 +199,7 @@ class Separator:
         (True, ['spk1', 'spk2', 'noise'])
         """
         hparams_file = Path(hparams_file)
-        ckpt = best_checkpoint(checkpoint)
+        ckpt = checkpoint_to_evaluate(checkpoint)
         logger.info("Separating with checkpoint %s", ckpt)
         hparams = load_hparams(hparams_file, overrides)
         model = hparams["separator"]
@@ -206,14 +207,13 @@ class Separator:
         check_fit(modules, ckpt, hparams_name=str(hparams_file))
         for name, module in modules.items():
             module.load_state_dict(load_state(ckpt / f"{name}.ckpt"), strict=True)
-        return cls(model, hparams["sample_rate"], hparams.get("noise_assignment", "pit"),
+        return cls(model, hparams["sample_rate"], hparams["outputs"].noise_assignment,
                    chunk_seconds=chunk_seconds, device=device, checkpoint=ckpt, progress=progress)
 
     @property
     def source_names(self):
         """``["spk1", .., "spkC"]``, then ``"noise"`` when the model has a noise output."""
-        names = [f"spk{k}" for k in range(1, self.model.num_spks + 1)]
-        return names + (["noise"] if self.model.noise_output else [])
+        return self.outputs.source_names
 
     def separate_file(self, path, noise_output=None):
         """Separates an audio file; the sources are at the file's sample rate and length.
@@ -261,9 +261,9 @@ class Separator:
         if self.chunk_size is None:
             outputs = self._run_model(resampled[None])[0]
         else:
-            fixed_noise = self.model.noise_output and self.noise_assignment == "fixed"
             outputs = separate_in_chunks(self._run_model, resampled[None], self.chunk_size,
-                                         fixed_last=fixed_noise, progress=self.progress)[0]
+                                         fixed_last=self.outputs.fixed_noise,
+                                         progress=self.progress)[0]
         order, report = self._output_order(outputs, noise_output)
         outputs = outputs[:, order]
         back = self._resample(outputs.T.contiguous(), self.sample_rate, sample_rate)
@@ -279,17 +279,17 @@ class Separator:
         report = {"noise": None, "noise_scores": None, "noise_probabilities": None,
                   "close": False, "checkpoint": str(self.checkpoint) if self.checkpoint else None}
         if noise_output is not None:
-            if not self.model.noise_output:
+            if not self.outputs.noise_output:
                 raise ValueError("noise_output was given but the model has no noise output")
             if not (isinstance(noise_output, int) and 0 <= noise_output < n_out):
                 raise ValueError(f"noise_output must be an output index from 0 to {n_out - 1}, "
                                  f"got {noise_output!r}")
-        if not self.model.noise_output:
+        if not self.outputs.noise_output:
             order = list(range(n_out))
         else:
             if noise_output is not None:
                 noise, report["noise"] = noise_output, "given"
-            elif self.noise_assignment == "fixed":
+            elif self.outputs.fixed_noise:
                 noise, report["noise"] = n_out - 1, "fixed"
             else:
                 choice = identify_noise(outputs, self.sample_rate)
