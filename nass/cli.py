@@ -4,13 +4,18 @@
 ``x.wav``, ``x_spk1.wav .. x_spkC.wav`` and ``x_noise.wav`` (when the model
 has a noise output) beside it or into ``--out-dir``: 32-bit float WAV at the
 input's sample rate and length, holding the model's values unchanged unless
-``--normalize``. Options it does not know, like ``--num_spks 3``, are
-HyperPyYAML overrides of the hparams file, as on a recipe's command line;
-they must describe the trained model, and options that do not shape the
-model (training options such as ``--lr`` or ``--precision``) are refused
-(:func:`nass.overrides.check_overrides`). ``--hparams`` may also be the
-``hyperparams.yaml`` a training run saved in its output folder, which
-holds the run's settings (overrides are then refused).
+``--normalize``, and ``x_sources.json``: which model output each file holds,
+how the noise output was chosen and its scores (see
+:class:`nass.inference.Sources`), and the checkpoint. When the choice of the
+noise output is close, one line on stderr names the input; ``--noise-output
+K`` makes model output ``K`` the noise instead. Options it does not know,
+like ``--num_spks 3``, are HyperPyYAML overrides of the hparams file, as on
+a recipe's command line; they must describe the trained model, and options
+that do not shape the model (training options such as ``--lr`` or
+``--precision``) are refused (:func:`nass.overrides.check_overrides`).
+``--hparams`` may also be the ``hyperparams.yaml`` a training run saved in
+its output folder, which holds the run's settings (overrides are then
+refused).
 
 Before anything is separated, the run is refused (exit status 1) if the
 model cannot be loaded, if ``--out-dir`` cannot be written to, or if two
@@ -58,7 +63,7 @@ from nass.audio import (
     save_sources,
 )
 from nass.chunking import DEFAULT_OVERLAP
-from nass.inference import DEFAULT_CHUNK_SECONDS, Separator
+from nass.inference import DEFAULT_CHUNK_SECONDS, Separator, report_path, save_report
 from nass.logs import quiet_torchvision_note
 
 # argparse itself exits with 2 on usage errors.
@@ -129,20 +134,32 @@ def separate_command(args, overrides):
             chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty(),
         )
     except Exception as err:  # any failure to build or load the model is one message, not a trace
-        _report(f"cannot load the model: {err}")
+        _error(f"cannot load the model: {err}")
         return EXIT_FAILED
     try:
         plan = plan_outputs(args.inputs, separator.source_names, args.out_dir)
         if args.out_dir is not None:
             check_out_dir(args.out_dir)
     except OutputPathError as err:
-        _report(f"{err}; nothing was separated")
+        _error(f"{err}; nothing was separated")
         return EXIT_FAILED
     print(f"nass separate: using checkpoint {separator.checkpoint}")
+    if separator.window_note:
+        _error(separator.window_note, level="note")
+    if args.noise_output is not None:
+        n_out = len(separator.source_names)
+        if not separator.outputs.noise_output:
+            _error("--noise-output: the model has no noise output")
+            return EXIT_FAILED
+        if not 0 <= args.noise_output < n_out:
+            _error(f"--noise-output must be a model output from 0 to {n_out - 1}, "
+                   f"got {args.noise_output}")
+            return EXIT_FAILED
     failed = 0
     for path, paths in tqdm(plan.items(), disable=None, unit="file", desc="files"):
+        sidecar = report_path(path, args.out_dir)
         try:
-            existing = [p.name for p in paths.values() if p.exists()]
+            existing = [p.name for p in [*paths.values(), sidecar] if p.exists()]
             if existing and not args.overwrite:
                 verb = "exists" if len(existing) == 1 else "exist"
                 raise FileExistsError(
@@ -153,17 +170,25 @@ def separate_command(args, overrides):
                 warnings.simplefilter("always", TruncatedAudioWarning)
                 waveform, sample_rate = read_audio(path)
             for warning in caught:
-                _report(str(warning.message), kind="warning")
-            sources = separator.separate_tensor(waveform, sample_rate)
+                _error(str(warning.message), level="warning")
+            sources = separator.separate_tensor(waveform, sample_rate,
+                                                noise_output=args.noise_output)
             save_sources(sources, sample_rate, paths, overwrite=args.overwrite,
                          normalize=args.normalize)
+            save_error(sources.report, path, paths, sidecar)
         except (AudioInputError, OSError, RuntimeError) as err:
             failed += 1
-            _report(f"{path}: {err}")
+            _error(f"{path}: {err}")
         else:
+            if sources.report["close"]:
+                noise = sources.report["outputs"]["noise"]
+                scores = ", ".join(f"{v:.2f}" for v in sources.report["noise_scores"])
+                _error(f"{path}: close call which output is the noise: model output {noise} "
+                       f"was taken (one-voice scores {scores}; see {sidecar}); to choose "
+                       f"another, rerun with --noise-output K --overwrite", level="warning")
             tqdm.write(f"{path} -> {', '.join(str(p) for p in paths.values())}")
     if failed:
-        _report(f"{failed} of {len(args.inputs)} input(s) failed")
+        _error(f"{failed} of {len(args.inputs)} input(s) failed")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -172,17 +197,17 @@ def plot_command(args):
     """``nass plot``: one PNG of the mixture's and its outputs' spectrograms."""
     mixture = Path(args.mixture)
     if not mixture.is_file():
-        _report(f"no such mixture file: {mixture}", command="plot")
+        _error(f"no such mixture file: {mixture}", command="plot")
         return EXIT_FAILED
     outputs = args.outputs or find_outputs(mixture, args.prefix)
     if not outputs:
         prefix = args.prefix or mixture.with_suffix("")
-        _report(f"no separated outputs found ({prefix}_spk*.wav, {prefix}_noise.wav); "
+        _error(f"no separated outputs found ({prefix}_spk*.wav, {prefix}_noise.wav); "
                f"give them as arguments or point --prefix at them", command="plot")
         return EXIT_FAILED
     missing = [str(p) for p in outputs if not Path(p).is_file()]
     if missing:
-        _report(f"no such file(s): {', '.join(missing)}", command="plot")
+        _error(f"no such file(s): {', '.join(missing)}", command="plot")
         return EXIT_FAILED
     out_png = Path(args.output) if args.output else mixture.with_name(f"{mixture.stem}_spectrograms.png")
     from nass.plot import plot_spectrograms  # matplotlib: only when plotting
@@ -190,7 +215,7 @@ def plot_command(args):
     try:
         plot_spectrograms([mixture, *outputs], out_png)
     except (OSError, RuntimeError, ValueError) as err:
-        _report(str(err), command="plot")
+        _error(str(err), command="plot")
         return EXIT_FAILED
     print(f"nass plot: wrote {out_png}")
     return EXIT_OK
@@ -204,14 +229,14 @@ def demo_command(args):
         run_demo(args.out_dir, minutes=args.minutes, seed=args.seed, epochs=args.epochs,
                  quick=args.quick)
     except DemoError as err:
-        _report(str(err), command="demo")
+        _error(str(err), command="demo")
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _report(message, command="separate", kind="error"):
-    tqdm.write(f"nass {command}: {kind}: {message}", file=sys.stderr)
-    if kind == "error" and os.environ.get("NASS_DEBUG") and sys.exc_info()[0] is not None:
+def _error(message, command="separate", level="error"):
+    tqdm.write(f"nass {command}: {level}: {message}", file=sys.stderr)
+    if level == "error" and os.environ.get("NASS_DEBUG") and sys.exc_info()[0] is not None:
         traceback.print_exc()
 
 
@@ -247,7 +272,12 @@ def _parser():
         separate.add_argument("--chunk-seconds", type=float, metavar="S",
                               help=f"separate longer inputs in windows of S seconds "
                                    f"overlapping by {DEFAULT_OVERLAP * 100:.0f}%% "
-                                   f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass)"),
+                                   f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass; "
+                                   f"capped at the longest input the model can take)"),
+        separate.add_argument("--noise-output", type=int, metavar="K",
+                              help="call model output K (0-based, as listed in "
+                                   "<input>_sources.json) the noise, instead of the one "
+                                   "identified"),
         separate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)"),
         separate.add_argument("inputs", nargs="+", metavar="INPUT",
                               help="audio files (any format soundfile reads; any sample rate; "
