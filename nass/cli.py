@@ -175,7 +175,7 @@ def separate_command(args, overrides):
                                                 noise_output=args.noise_output)
             save_sources(sources, sample_rate, paths, overwrite=args.overwrite,
                          normalize=args.normalize)
-            save_error(sources.report, path, paths, sidecar)
+            save_report(sources.report, path, paths, sidecar)
         except (AudioInputError, OSError, RuntimeError) as err:
             failed += 1
             _error(f"{path}: {err}")
