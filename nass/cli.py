@@ -4,7 +4,8 @@
 ``x.wav``, ``x_spk1.wav .. x_spkC.wav`` and ``x_noise.wav`` (when the model
 has a noise output) beside it or into ``--out-dir``: 32-bit float WAV at the
 input's sample rate and length, holding the model's values unchanged unless
-``--normalize``. Options it does not know, like ``--num_spks 3``, are
+``--normalize``. ``--precision bf16`` (or ``fp16`` on CUDA) runs the mask
+network in half precision (:mod:`nass.precision`); the default is fp32. Options it does not know, like ``--num_spks 3``, are
 HyperPyYAML overrides of the hparams file, as on a recipe's command line;
 they must describe the trained model.
 
@@ -106,10 +107,15 @@ def split_overrides(tokens, known_options):
 
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
+    if args.precision == "fp16" and not args.device.startswith("cuda"):
+        _error(f"--precision fp16 needs a CUDA device (--device is {args.device}); "
+               f"on a CPU use --precision bf16 or fp32")
+        return EXIT_FAILED
     try:
         separator = Separator.from_hparams(
             args.hparams, args.checkpoint, overrides=overrides, device=args.device,
             chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty(),
+            precision=args.precision,
         )
     except Exception as err:  # any failure to build or load the model is one message, not a trace
         _error(f"cannot load the model: {err}")
@@ -219,6 +225,10 @@ def _parser():
                                    f"overlapping by {DEFAULT_OVERLAP * 100:.0f}%% "
                                    f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass)"),
         separate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)"),
+        separate.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                              help="fp32: the exact model (default); bf16: the mask network's "
+                                   "weights in bf16, faster on CPUs with bf16 units, outputs "
+                                   "within about 40 dB of fp32's; fp16: the same in fp16, CUDA only"),
         separate.add_argument("inputs", nargs="+", metavar="INPUT",
                               help="audio files (any format soundfile reads; any sample rate; "
                                    "multichannel files are averaged to mono)"),

@@ -14,6 +14,10 @@ float tensors at the input's sample rate and length:
 * Any format soundfile reads (WAV, FLAC, OGG, ...).
 * Long inputs are separated in overlapping windows (:mod:`nass.chunking`),
   so memory stays bounded whatever the length.
+* ``precision="bf16"`` (or ``"fp16"`` on CUDA) runs the mask network's
+  weights in half precision (:mod:`nass.precision`): faster where the CPU
+  has bf16 matrix units, half the activation memory, outputs within about
+  40 dB SI-SNR of fp32's; the default ``"fp32"`` is the exact model.
 
 Which output is the noise: a model trained with ``noise_assignment: fixed``
 has it last. One trained with ``pit`` (the release) may put it on any output,
@@ -55,6 +59,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from nass.checkpoints import best_checkpoint, check_fit, load_state
 from nass.chunking import DEFAULT_OVERLAP, separate_in_chunks
+from nass.precision import precision_dtype, set_precision
 
 logger = logging.getLogger(__name__)
 
@@ -194,14 +199,20 @@ class Separator:
         The checkpoint the weights came from (kept as ``self.checkpoint``).
     progress : bool
         Show a progress bar over the windows of long inputs.
+    precision : str
+        ``fp32`` (default: the exact model), ``bf16`` or ``fp16`` (CUDA
+        only): the mask network's weights in that precision, what needs fp32
+        kept in fp32 (:mod:`nass.precision`). Converts ``model`` in place.
     """
 
     def __init__(self, model, sample_rate, noise_assignment="pit", chunk_seconds=None,
-                 device="cpu", checkpoint=None, progress=False):
+                 device="cpu", checkpoint=None, progress=False, precision="fp32"):
         if noise_assignment not in ("pit", "fixed"):
             raise ValueError(f"noise_assignment must be 'pit' or 'fixed', got {noise_assignment!r}")
         self.device = _device(device)
-        self.model = model.to(self.device).eval()
+        precision_dtype(precision, self.device)
+        self.precision = precision
+        self.model = set_precision(model.to(self.device).eval(), precision)
         self.sample_rate = int(sample_rate)
         self.noise_assignment = noise_assignment
         self.checkpoint = checkpoint
@@ -211,7 +222,7 @@ class Separator:
 
     @classmethod
     def from_hparams(cls, hparams_file, checkpoint, overrides=None, device="cpu",
-                     chunk_seconds=None, progress=False):
+                     chunk_seconds=None, progress=False, precision="fp32"):
         """Builds the model of a recipe's hparams file and loads a checkpoint's weights.
 
         Arguments
@@ -225,7 +236,7 @@ class Separator:
         overrides : dict or str, optional
             HyperPyYAML overrides, as on the recipe's command line
             (``{"num_spks": 3}``); they must describe the trained model.
-        device, chunk_seconds, progress
+        device, chunk_seconds, progress, precision
             As in :class:`Separator`.
 
         Raises
@@ -254,6 +265,7 @@ class Separator:
         (True, ['spk1', 'spk2', 'noise'])
         """
         hparams_file = Path(hparams_file)
+        precision_dtype(precision, _device(device))  # refuse before loading anything
         ckpt = best_checkpoint(checkpoint)
         logger.info("Separating with checkpoint %s", ckpt)
         hparams = load_hparams(hparams_file, overrides)
@@ -263,7 +275,8 @@ class Separator:
         for name, module in modules.items():
             module.load_state_dict(load_state(ckpt / f"{name}.ckpt"), strict=True)
         return cls(model, hparams["sample_rate"], hparams.get("noise_assignment", "pit"),
-                   chunk_seconds=chunk_seconds, device=device, checkpoint=ckpt, progress=progress)
+                   chunk_seconds=chunk_seconds, device=device, checkpoint=ckpt, progress=progress,
+                   precision=precision)
 
     @property
     def source_names(self):
