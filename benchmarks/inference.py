@@ -3,6 +3,7 @@
     python benchmarks/inference.py                       # 1, 2, 5 and 10 minutes
     python benchmarks/inference.py --minutes 1 10 --chunk-seconds 8 --precision bf16
     python benchmarks/inference.py --compare             # attention and precision, one window
+    python benchmarks/inference.py --agreement a.wav b.wav   # nass separate bf16 vs fp32
 
 The model is the release-size Sepformer-NASS of ``sepformer-libri2mix.yaml``
 with random weights (a checkpoint is written to a temporary folder): speed and
@@ -31,6 +32,12 @@ a table of medians, speedups over (a) and each variant's agreement with (a)
 (largest absolute difference; lowest SI-SNR over the outputs, in dB), and
 the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
 speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``.
+
+``--agreement FILE...`` runs ``nass separate`` (same random-weight model,
+default window) with ``--precision fp32`` and with ``bf16`` on each file,
+and prints every output's SI-SNR of bf16 against fp32, the wall time and
+peak memory of each process; last line ``agreement_bf16_db=<min over files
+and outputs>``.
 """
 
 import argparse
@@ -185,6 +192,28 @@ def compare(args):
     ))
 
 
+def agreement(args, checkpoint, out_dir):
+    """``nass separate`` in fp32 and bf16 on ``args.agreement``: SI-SNR of bf16 vs fp32 per output."""
+    rows, worst = [], float("inf")
+    for wav in map(Path, args.agreement):
+        outputs, stats = {}, {}
+        for precision in ("fp32", "bf16"):
+            folder = out_dir / precision
+            stats[precision] = run_separate(wav, checkpoint, folder, args.chunk_seconds, precision)
+            outputs[precision] = {
+                p.stem[len(wav.stem) + 1:]: torch.from_numpy(sf.read(p, dtype="float32")[0])
+                for p in sorted(folder.glob(f"{wav.stem}_*.wav"))
+            }
+        for name, exact in outputs["fp32"].items():
+            db = float(si_snr(outputs["bf16"][name], exact))
+            worst = min(worst, db)
+            rows.append([wav.name, name, f"{db:.1f}"]
+                        + [f"{stats[p][0]:.1f} / {stats[p][1]:.0f}" for p in ("fp32", "bf16")])
+    print(format_table(["file", "output", "SI-SNR bf16 vs fp32 dB", "fp32 s / MiB",
+                        "bf16 s / MiB"], rows))
+    print(last_line(agreement_bf16_db=worst))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10])
@@ -200,6 +229,8 @@ def main():
                         help="--compare: timed repetitions per variant (default 3)")
     parser.add_argument("--extra", nargs="*", default=[], choices=["int8", "compile"],
                         help="--compare: more variants")
+    parser.add_argument("--agreement", nargs="+", metavar="WAV",
+                        help="nass separate these files in fp32 and in bf16 and compare")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
@@ -210,13 +241,17 @@ def main():
     if args.compare:
         compare(args)
         return
-    print(f"nass separate --precision {args.precision}")
+    if not args.agreement:
+        print(f"nass separate --precision {args.precision}")
     rows, last = [], None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = load_model(HPARAMS)
         Checkpointer(tmp / "save", {"encoder": model.encoder, "masknet": model.masknet,
                                     "decoder": model.decoder}).save_checkpoint(meta={"si-snr": 0.0})
+        if args.agreement:
+            agreement(args, tmp / "save", tmp / "out")
+            return
         for minutes in args.minutes:
             wav = tmp / f"mix_{minutes:g}min.wav"
             sf.write(wav, long_mixture(minutes), RATE, subtype="PCM_16")
