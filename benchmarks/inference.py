@@ -25,7 +25,8 @@ a. SpeechBrain's attention as shipped, fp32 (``fused_attention: False``);
 b. the exact fused path, fp32 (:mod:`nass.attention`, the recipes' default);
 c. bf16 (:func:`nass.precision.set_precision` on b);
 d. optionally (``--extra``): ``int8``, b with its linear layers dynamically
-   quantised to int8; ``compile``, b through ``torch.compile``.
+   quantised to int8 (CPU only); ``compile``, b through ``torch.compile``;
+f. on CUDA (``--device cuda``), also fp16.
 
 All variants have the same weights. It prints the CPU's bf16/AMX features,
 a table of medians, speedups over (a) and each variant's agreement with (a)
@@ -128,17 +129,22 @@ def cpu_features():
     return {name: name in flags for name in CPU_FEATURES}
 
 
-def compare_variants(extra, seed=0):
-    """``{name: model}``: (a) SpeechBrain's attention, (b) fused, (c) bf16, then ``extra``."""
+def compare_variants(extra, device, seed=0):
+    """``{name: model}``: (a) SpeechBrain's attention, (b) fused, (c) bf16, then the others.
+
+    On CUDA, fp16 is one of the others.
+    """
     torch.manual_seed(seed)
-    shipped = load_model(HPARAMS, {"fused_attention": False}).eval()
-    fused = load_model(HPARAMS).eval()
+    shipped = load_model(HPARAMS, {"fused_attention": False}).eval().to(device)
+    fused = load_model(HPARAMS).eval().to(device)
     fused.load_state_dict(shipped.state_dict(), strict=True)
     variants = {
         "a: SpeechBrain attention, fp32": shipped,
         "b: fused attention, fp32": fused,
         "c: fused attention, bf16": set_precision(copy.deepcopy(fused), "bf16"),
     }
+    if device.type == "cuda":
+        variants["f: fused attention, fp16"] = set_precision(copy.deepcopy(fused), "fp16")
     if "int8" in extra:
         variants["d: fused, int8 dynamic linear"] = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(fused), {torch.nn.Linear}, dtype=torch.qint8
@@ -153,23 +159,26 @@ def compare(args):
     features = cpu_features()
     print("CPU features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items())
           + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    window = torch.from_numpy(long_mixture(args.window_seconds / 60))[None]
-    variants = compare_variants(args.extra)
+    device = torch.device(args.device)
+    window = torch.from_numpy(long_mixture(args.window_seconds / 60))[None].to(device)
+    variants = compare_variants(args.extra, device)
     print(f"release-size Sepformer-NASS (random weights), one {args.window_seconds:g} s window "
-          f"at {RATE} Hz; {args.reps} alternating repetitions after 1 warm-up each", flush=True)
+          f"at {RATE} Hz, {device}; {args.reps} alternating repetitions after 1 warm-up each",
+          flush=True)
 
     def runner(model):
         def run():
             with torch.no_grad():
-                return model(window).float()
+                return model(window).float().cpu()
         return run
 
     def progress(rep, seconds):
         times = ", ".join(f"{name.split(':')[0]} {s:.1f} s" for name, s in seconds.items())
         print(f"  rep {rep + 1}/{args.reps}: {times}", file=sys.stderr, flush=True)
 
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
     timing = interleave({name: runner(m) for name, m in variants.items()}, args.reps,
-                        progress=progress)
+                        sync=sync, progress=progress)
     names = list(variants)
     base_times, base_out = timing.seconds[names[0]], timing.results[names[0]]
     rows, agreement = [], {}
@@ -231,9 +240,15 @@ def main():
                         help="--compare: more variants")
     parser.add_argument("--agreement", nargs="+", metavar="WAV",
                         help="nass separate these files in fp32 and in bf16 and compare")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="--compare: where the model runs (default cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.device == "cuda" and "int8" in args.extra:
+        parser.error("--extra int8: dynamic quantisation runs on the CPU only")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
