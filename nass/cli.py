@@ -5,9 +5,10 @@
 has a noise output) beside it or into ``--out-dir``: 32-bit float WAV at the
 input's sample rate and length, holding the model's values unchanged unless
 ``--normalize``. ``--precision bf16`` (or ``fp16`` on CUDA) runs the mask
-network in half precision (:mod:`nass.precision`); the default is fp32. Options it does not know, like ``--num_spks 3``, are
-HyperPyYAML overrides of the hparams file, as on a recipe's command line;
-they must describe the trained model.
+network in half precision (:mod:`nass.precision`); the default is fp32.
+Options it does not know, like ``--num_spks 3``, are HyperPyYAML overrides
+of the hparams file, as on a recipe's command line; they must describe the
+trained model.
 
 An input that cannot be separated (missing, unreadable, empty, shorter than
 the encoder's kernel, all zero, or whose outputs exist without
