@@ -19,12 +19,16 @@ small to run without the loss scaling of training.
 
 Example
 -------
+>>> from pathlib import Path
 >>> import torch
+>>> import nass
 >>> from nass.inference import load_model
 >>> from nass.metrics import si_snr
+>>> hparams = (Path(nass.__file__).parents[1] / "recipes" / "LibriMix" / "separation"
+...            / "hparams" / "sepformer-libri2mix.yaml")
 >>> tiny = {"N_encoder_out": 16, "out_channels": 16, "intra_layers": 1, "inter_layers": 1,
 ...         "nhead": 2, "d_ffn": 32, "chunk_size": 20}
->>> model = load_model("recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml", tiny)
+>>> model = load_model(hparams, tiny)
 >>> mix = torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))
 >>> exact = model.eval()(mix)
 >>> fast = set_precision(model, "bf16")
