@@ -163,8 +163,8 @@ def compare(args):
     window = torch.from_numpy(long_mixture(args.window_seconds / 60))[None].to(device)
     variants = compare_variants(args.extra, device)
     print(f"release-size Sepformer-NASS (random weights), one {args.window_seconds:g} s window "
-          f"at {RATE} Hz, {device}; {args.reps} alternating repetitions after 1 warm-up each",
-          flush=True)
+          f"at {RATE} Hz, {device}; {args.reps} alternating repetitions after "
+          f"{args.warmup} warm-up(s) each", flush=True)
 
     def runner(model):
         def run():
@@ -178,7 +178,7 @@ def compare(args):
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     timing = interleave({name: runner(m) for name, m in variants.items()}, args.reps,
-                        sync=sync, progress=progress)
+                        warmup=args.warmup, sync=sync, progress=progress)
     names = list(variants)
     base_times, base_out = timing.seconds[names[0]], timing.results[names[0]]
     rows, agreement = [], {}
@@ -236,6 +236,8 @@ def main():
                         help="--compare: the window's length (default 30)")
     parser.add_argument("--reps", type=int, default=3,
                         help="--compare: timed repetitions per variant (default 3)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="--compare: untimed runs per variant first (default 1)")
     parser.add_argument("--extra", nargs="*", default=[], choices=["int8", "compile"],
                         help="--compare: more variants")
     parser.add_argument("--agreement", nargs="+", metavar="WAV",
