@@ -125,7 +125,7 @@ class Batch:
         raise AttributeError(name)
 
     def targets(self, noise_output):
-        """``SeparationBrain._targets``: the speakers, then the noise with the noise output."""
+        """As ``SeparationBrain.compute_forward``: the speakers, then the noise with the noise output."""
         if noise_output:
             return torch.cat([self.speakers, self.noise.unsqueeze(-1)], dim=-1)
         return self.speakers
@@ -162,7 +162,7 @@ class TrainStep:
 
     def __init__(self, hparams, device, precision):
         modules = {"separator": hparams["separator"]}
-        if hparams["objective"].uses_pcl:
+        if hparams["patchsamplenet"] is not None:
             modules["patchsamplenet"] = hparams["patchsamplenet"]
         self.brain = SeparationBrain(
             modules=modules,
@@ -230,7 +230,7 @@ def pcl_alone(step, batch):
     reps = predictions["reps"]
     frames = brain._valid_frames(int(predictions["lengths"].min()), reps.shape[-1])
     reps, clean = reps[..., :frames].detach().requires_grad_(), clean[..., :frames]
-    sampler = objective.patch_sampler
+    sampler = step.brain.modules.patchsamplenet
 
     def run():
         with step.autocast:
@@ -285,12 +285,7 @@ def head_alone(step, batch):
 def separation_alone(step, batch):
     """Forward and backward of the SI-SNR matrix and PIT on the variant's outputs."""
     separator, objective = step.separator, step.objective
-    without_pcl = NASSObjective(
-        objective.num_spks,
-        noise_output=objective.noise_output,
-        noise_assignment=objective.noise_assignment,
-        pcl_weight=0.0,
-    )
+    without_pcl = NASSObjective(objective.outputs, pcl_weight=0.0)
     with torch.no_grad(), step.autocast:
         estimates = separator(batch.mix)
     estimates = estimates.detach().requires_grad_()

@@ -8,12 +8,12 @@ samples.
 Example
 -------
 >>> import torch
->>> speakers, noise = torch.randn(2, 8000, 2), torch.randn(2, 8000)
->>> mix, targets, lengths = remix_with_speed_perturb(
-...     speakers, noise, torch.tensor([8000, 8000]), speeds=(95, 105))
->>> mix.shape[0], targets.shape[-1]
+>>> sources = torch.randn(2, 8000, 3)          # two speakers, then the noise
+>>> mix, sources, lengths = remix_with_speed_perturb(
+...     sources, torch.tensor([8000, 8000]), num_perturbed=2, speeds=(95, 105))
+>>> mix.shape[0], sources.shape[-1]
 (2, 3)
->>> bool(torch.allclose(mix, targets.sum(-1)))
+>>> bool(torch.allclose(mix, sources.sum(-1)))
 True
 """
 
@@ -28,17 +28,20 @@ def speed_perturb(signal, speed):
     return AF.resample(signal, orig_freq=int(speed), new_freq=100)
 
 
-def remix_with_speed_perturb(speakers, noise, lengths, speeds=(95, 100, 105), generator=None):
-    """Perturbs each speaker at a random speed and re-sums the mixture.
+def remix_with_speed_perturb(sources, lengths, num_perturbed, speeds=(95, 100, 105), generator=None):
+    """Perturbs each of the first ``num_perturbed`` sources at a random speed and re-sums the mixture.
+
+    The speed of each perturbed source is one ``torch.randint`` draw, in
+    source order, as SpeechBrain's recipes draw it.
 
     Arguments
     ---------
-    speakers : torch.Tensor
-        ``[B, T, C]`` clean speakers.
-    noise : torch.Tensor or None
-        ``[B, T]`` noise (None for clean mixtures).
+    sources : torch.Tensor
+        ``[B, T, S]``: the speakers, then (if any) the noise, which is left as it is.
     lengths : torch.LongTensor
         Valid samples per utterance ``[B]``.
+    num_perturbed : int
+        How many leading sources (the speakers) are perturbed.
     speeds : sequence of int
         Percentages to draw from.
     generator : torch.Generator, optional
@@ -46,38 +49,41 @@ def remix_with_speed_perturb(speakers, noise, lengths, speeds=(95, 100, 105), ge
     Returns
     -------
     mix : torch.Tensor
-        ``[B, T']`` with ``mix = sum(speakers) + noise``.
-    targets : torch.Tensor
-        ``[B, T', C(+1)]`` perturbed speakers, then the noise.
+        ``[B, T']`` with ``mix = sources.sum(-1)``.
+    sources : torch.Tensor
+        ``[B, T', S]``, cut to the shortest perturbed source.
     lengths : torch.LongTensor
         The valid samples after perturbation.
     """
-    length = speakers.shape[1]
-    sources, new_lengths = [], []
-    for k in range(speakers.shape[-1]):
-        speed = speeds[int(torch.randint(len(speeds), (1,), generator=generator))]
-        out = speed_perturb(speakers[..., k], speed)
-        sources.append(out)
-        new_lengths.append(torch.div(lengths * out.shape[1], length, rounding_mode="floor"))
-    if noise is not None:
-        sources.append(noise)
-        new_lengths.append(lengths)
-    shortest = min(s.shape[1] for s in sources)
-    targets = torch.stack([s[:, :shortest] for s in sources], dim=-1)
+    length = sources.shape[1]
+    out, new_lengths = [], []
+    for k in range(sources.shape[-1]):
+        if k < num_perturbed:
+            speed = speeds[int(torch.randint(len(speeds), (1,), generator=generator))]
+            perturbed = speed_perturb(sources[..., k], speed)
+            new_lengths.append(torch.div(lengths * perturbed.shape[1], length, rounding_mode="floor"))
+        else:
+            perturbed = sources[..., k]
+            new_lengths.append(lengths)
+        out.append(perturbed)
+    shortest = min(s.shape[1] for s in out)
+    sources = torch.stack([s[:, :shortest] for s in out], dim=-1)
     lengths = torch.stack(new_lengths).min(dim=0).values.clamp(max=shortest)
-    return targets.sum(-1), targets, lengths
+    return sources.sum(-1), sources, lengths
 
 
-def random_crop(mix, targets, lengths, crop_len, generator=None):
+def random_crop(mix, sources, lengths, crop_len, generator=None):
     """Cuts the same random ``crop_len`` window from every utterance of the batch.
 
     The window lies inside the shortest utterance so that no crop is padding;
-    batches shorter than ``crop_len`` are returned unchanged.
+    batches shorter than ``crop_len`` are returned unchanged. The start is one
+    ``torch.randint`` draw even then, as in SpeechBrain's recipes, so both
+    consume the same random numbers.
     """
     shortest = int(lengths.min())
+    start = int(torch.randint(max(0, shortest - crop_len) + 1, (1,), generator=generator))
     if shortest <= crop_len:
-        return mix, targets, lengths
-    start = int(torch.randint(shortest - crop_len + 1, (1,), generator=generator))
+        return mix, sources, lengths
     mix = mix[:, start : start + crop_len]
-    targets = targets[:, start : start + crop_len]
-    return mix, targets, torch.full_like(lengths, crop_len)
+    sources = sources[:, start : start + crop_len]
+    return mix, sources, torch.full_like(lengths, crop_len)

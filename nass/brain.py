@@ -11,7 +11,14 @@ The recipes' ``train.py`` only load the hparams, prepare the data and call
   stage's ``si-snr`` is the negative SI-SNR of the speakers (PIT over C),
   the key checkpoints are kept by.
 * :meth:`SeparationBrain.write_test_results`: ``test_results.csv`` with
-  SI-SNR, SI-SNRi, SDR, SDRi per utterance and an ``avg`` row.
+  SI-SNR, SI-SNRi, SDR, SDRi per utterance and an ``avg`` row, from the
+  checkpoint the recipe chose (:func:`nass.checkpoints.checkpoint_to_evaluate`).
+
+Under DDP every trainable module (the separator and the patch sampler) is
+called through its DDP wrapper while training, so its gradients are
+averaged; validation and test call the unwrapped modules, which need no
+collective operation. The test set is split between the processes and the
+rows gathered, so each utterance is evaluated once.
 """
 
 import csv
@@ -39,9 +46,9 @@ RESULT_COLUMNS = ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
 class SeparationBrain(sb.Brain):
     """Trains and evaluates a :class:`nass.separator.NoiseAwareSeparator`.
 
-    Expects in ``hparams``: ``separator``, ``objective``
-    (:class:`nass.objective.NASSObjective`), ``num_spks``, ``noise_output``,
-    ``use_speedperturb``, ``speed_perturb_speeds``, ``limit_training_signal_len``,
+    Expects in ``modules``: ``separator`` and, with PCL on, ``patchsamplenet``.
+    Expects in ``hparams``: ``objective`` (:class:`nass.objective.NASSObjective`),
+    ``outputs`` (:class:`nass.outputs.Outputs`), ``use_speedperturb``, ``speed_perturb_speeds``, ``limit_training_signal_len``,
     ``training_signal_len``, ``threshold``, ``threshold_byloss``,
     ``loss_upper_lim``, ``lr_scheduler``, ``train_logger``, ``save_audio``,
     ``n_audio_to_save``, ``output_folder``, ``sample_rate``.
@@ -52,50 +59,50 @@ class SeparationBrain(sb.Brain):
         self.skipped_steps = 0
         self._terms = {}
 
+    @property
+    def outputs(self):
+        """The model's outputs (:class:`nass.outputs.Outputs`)."""
+        return self.hparams.outputs
+
     # -- batches -------------------------------------------------------------
     def _signals(self, batch):
-        """``mix [B, T]``, speakers ``[B, T, C]``, noise ``[B, T]`` or None, lengths."""
+        """``mix [B, T]``, ``sources [B, T, C(+1)]`` (speakers, then the noise if the data has it), lengths."""
         mix, rel = batch.mix_sig
-        mix = mix.to(self.device)
-        speakers = torch.stack(
-            [getattr(batch, f"s{k}_sig")[0] for k in range(1, self.hparams.num_spks + 1)],
-            dim=-1,
-        ).to(self.device)
-        noise = batch.noise_sig[0].to(self.device) if hasattr(batch, "noise_sig") else None
-        lengths = torch.round(rel.to(self.device) * mix.shape[1]).long()
-        return mix, speakers, noise, lengths
-
-    def _targets(self, speakers, noise):
-        """What the outputs are trained against: speakers, plus noise with the noise output."""
-        if self.hparams.noise_output:
-            return torch.cat([speakers, noise.unsqueeze(-1)], dim=-1)
-        return speakers
+        names = [f"s{k}_sig" for k in range(1, self.outputs.num_spks + 1)]
+        if hasattr(batch, "noise_sig"):
+            names.append("noise_sig")
+        sources = torch.stack([getattr(batch, name)[0] for name in names], dim=-1)
+        lengths = torch.round(rel * mix.shape[1]).long()
+        return mix.to(self.device), sources.to(self.device), lengths.to(self.device)
 
     def compute_forward(self, batch, stage):
-        """Separates the (augmented) mixture; returns everything the losses need."""
-        mix, speakers, noise, lengths = self._signals(batch)
+        """Separates the (augmented) mixture; returns everything the losses need.
+
+        ``sources`` stays one ``[B, T, C(+1)]`` tensor through the
+        augmentation; ``targets`` is what the outputs are trained against
+        (the speakers, plus the noise with the noise output).
+        """
+        mix, sources, lengths = self._signals(batch)
         if stage == sb.Stage.TRAIN:
             with torch.no_grad():
                 if self.hparams.use_speedperturb:
                     mix, sources, lengths = remix_with_speed_perturb(
-                        speakers, noise, lengths, self.hparams.speed_perturb_speeds
+                        sources, lengths, self.outputs.num_spks, self.hparams.speed_perturb_speeds
                     )
-                    speakers = sources[..., : self.hparams.num_spks]
-                    noise = sources[..., -1] if noise is not None else None
                 if self.hparams.limit_training_signal_len:
-                    both = speakers if noise is None else torch.cat([speakers, noise[..., None]], -1)
-                    mix, both, lengths = random_crop(
-                        mix, both, lengths, self.hparams.training_signal_len
+                    mix, sources, lengths = random_crop(
+                        mix, sources, lengths, self.hparams.training_signal_len
                     )
-                    speakers = both[..., : self.hparams.num_spks]
-                    noise = both[..., -1] if noise is not None else None
-        estimates, reps = self.modules.separator(mix, return_reps=True)
+            separator = self.modules.separator
+        else:
+            separator = self.separator_module
+        estimates, reps = separator(mix, return_reps=True)
         return {
             "mix": mix,
             "estimates": estimates,
             "reps": reps,
-            "speakers": speakers,
-            "targets": self._targets(speakers, noise),
+            "speakers": sources[..., : self.outputs.num_spks],
+            "targets": sources[..., : self.outputs.num_outputs],
             "lengths": lengths,
         }
 
@@ -104,14 +111,16 @@ class SeparationBrain(sb.Brain):
         objective = self.hparams.objective
         est, targets, lengths = predictions["estimates"], predictions["targets"], predictions["lengths"]
         if stage == sb.Stage.TRAIN:
-            reps, clean = predictions["reps"], None
-            if objective.uses_pcl:
-                with torch.no_grad():
-                    clean = self.separator_module.encode(predictions["speakers"])
-                # Patches come from frames every utterance of the batch has, not padding.
-                frames = self._valid_frames(int(lengths.min()), reps.shape[-1])
-                reps, clean = reps[..., :frames], clean[..., :frames]
-            return objective(est, targets, reps, clean, lengths)
+            if not objective.uses_pcl:
+                return objective(est, targets, lengths=lengths)
+            with torch.no_grad():
+                clean = self.separator_module.encode(predictions["speakers"])
+            # Patches come from frames every utterance of the batch has, not padding.
+            frames = self._valid_frames(int(lengths.min()), predictions["reps"].shape[-1])
+            return objective(
+                est, targets, predictions["reps"][..., :frames], clean[..., :frames], lengths,
+                patch_sampler=self.modules.patchsamplenet,
+            )
         return objective.speaker_loss(est, targets, lengths)
 
     def training_terms(self, batch):
@@ -142,10 +151,12 @@ class SeparationBrain(sb.Brain):
             terms = self.training_terms(batch)
         per_utt = terms["loss"].float()
         keep = per_utt > self.hparams.threshold
-        if not self.hparams.threshold_byloss:
+        if not self.hparams.threshold_byloss or not keep.any():
+            # With no utterance above the threshold the reference trains on the
+            # full loss (what its code does at batch_size 1); so does this, at any size.
             keep = torch.ones_like(keep)
-        loss = per_utt[keep].mean() if keep.any() else per_utt.mean()
-        usable = bool(keep.any()) and bool(torch.isfinite(loss)) and loss.item() < self.hparams.loss_upper_lim
+        loss = per_utt[keep].mean()
+        usable = bool(torch.isfinite(loss)) and loss.item() < self.hparams.loss_upper_lim
         if self.distributed_launch:
             # Every rank must take the same branch, or DDP's all-reduce waits forever.
             flag = torch.tensor([0.0 if usable else 1.0], device=self.device)
@@ -158,10 +169,9 @@ class SeparationBrain(sb.Brain):
         else:
             self.skipped_steps += 1
             logger.warning(
-                "skipping step %d: loss %s (non-finite, above loss_upper_lim=%s, or every "
-                "utterance below threshold=%s); %d step(s) skipped so far",
-                self.step, loss.item(), self.hparams.loss_upper_lim,
-                self.hparams.threshold, self.skipped_steps,
+                "skipping step %d: loss %s (non-finite, or above loss_upper_lim=%s); "
+                "%d step(s) skipped so far",
+                self.step, loss.item(), self.hparams.loss_upper_lim, self.skipped_steps,
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss = torch.zeros((), device=self.device)
@@ -214,40 +224,52 @@ class SeparationBrain(sb.Brain):
             )
 
     # -- test results --------------------------------------------------------
-    def write_test_results(self, test_data, loader_opts=None, min_key="si-snr"):
-        """Loads the best checkpoint, then writes per-utterance metrics to ``test_results.csv``.
+    def load_for_evaluation(self, checkpoint):
+        """Loads exactly ``checkpoint`` (a ``CKPT+...`` folder of this run's save folder)."""
+        wanted = Path(checkpoint).resolve()
+        found = [c for c in self.checkpointer.list_checkpoints() if Path(c.path).resolve() == wanted]
+        if not found:
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint} is not in {self.checkpointer.checkpoints_dir}"
+            )
+        self.checkpointer.load_checkpoint(found[0])
 
+    def write_test_results(self, test_data, checkpoint, loader_opts=None):
+        """Evaluates ``checkpoint`` and writes per-utterance metrics to ``test_results.csv``.
+
+        The checkpoint is named in the log and in ``<output_folder>/test_checkpoint.txt``.
         The noise output is assigned as in training and dropped; SI-SNR is
         taken with PIT over the speakers and SDR is BSS-Eval's, each against
         the mixture as the baseline. Saves separated audio for the first
         ``n_audio_to_save`` utterances when ``save_audio``. This is the test
         stage: one pass over the test set gives both the csv and the log line.
+        Under DDP each process evaluates every N-th utterance and the rows
+        are gathered, so the csv is the one a single process writes.
         """
-        self.on_evaluate_start(min_key=min_key)
-        out_file = Path(self.hparams.output_folder) / "test_results.csv"
+        self.load_for_evaluation(checkpoint)
+        output_folder = Path(self.hparams.output_folder)
+        if if_main_process():
+            logger.info("Evaluating checkpoint %s", checkpoint)
+            (output_folder / "test_checkpoint.txt").write_text(f"{Path(checkpoint).resolve()}\n")
+        rank, world = self._process_slot()
+        indices = list(range(rank, len(test_data), world))
         # One utterance at a time: metrics need each file's own length.
         workers = (loader_opts or {}).get("num_workers", 0)
-        loader = sb.dataio.dataloader.make_dataloader(test_data, batch_size=1, num_workers=workers)
+        loader = sb.dataio.dataloader.make_dataloader(
+            test_data, batch_size=1, num_workers=workers, sampler=indices
+        )
         self.modules.eval()
-        rows, saved = [], 0
-        objective = self.hparams.objective
-        for batch in tqdm(loader, dynamic_ncols=True, disable=not if_main_process()):
-            with torch.no_grad(), self.evaluation_ctx:
-                predictions = self.compute_forward(batch, sb.Stage.TEST)
-            est = predictions["estimates"].float()
-            assignment, _ = objective.assign(est, predictions["targets"].float())
-            aligned = align(est, assignment)[0].cpu()
-            mix = predictions["mix"][0].float().cpu()
-            speakers = aligned[:, : self.hparams.num_spks]
-            metrics = utterance_metrics(speakers, predictions["speakers"][0].float().cpu(), mix)
-            rows.append({"snt_id": batch.id[0], **metrics})
-            if self.hparams.save_audio and saved < self.hparams.n_audio_to_save:
-                noise = aligned[:, -1] if self.hparams.noise_output else None
-                self._save_audio(batch.id[0], mix, speakers, noise)
-                saved += 1
+        rows = []
+        for index, batch in zip(indices, tqdm(loader, dynamic_ncols=True, disable=not if_main_process())):
+            rows.append((index, self._test_row(batch, save_audio=index < self.hparams.n_audio_to_save)))
+        if world > 1:
+            shards = [None] * world
+            torch.distributed.all_gather_object(shards, rows)
+            rows = [row for shard in shards for row in shard]
+        rows = [row for _, row in sorted(rows, key=lambda pair: pair[0])]
         averages = {k: float(np.mean([r[k] for r in rows])) for k in RESULT_COLUMNS[1:]}
         if if_main_process():
-            with open(out_file, "w", newline="") as fout:
+            with open(output_folder / "test_results.csv", "w", newline="") as fout:
                 writer = csv.DictWriter(fout, fieldnames=RESULT_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
@@ -256,6 +278,27 @@ class SeparationBrain(sb.Brain):
                 logger.info("Mean %s is %.3f", key, value)
         self.on_stage_end(sb.Stage.TEST, -averages["si-snr"])
         return rows, averages
+
+    def _process_slot(self):
+        """``(rank, world size)``: ``(0, 1)`` outside DDP."""
+        if self.distributed_launch and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _test_row(self, batch, save_audio):
+        """The metrics row of one test utterance; saves its audio when asked."""
+        with torch.no_grad(), self.evaluation_ctx:
+            predictions = self.compute_forward(batch, sb.Stage.TEST)
+        est = predictions["estimates"].float()
+        assignment, _ = self.hparams.objective.assign(est, predictions["targets"].float())
+        aligned = align(est, assignment)[0].cpu()
+        mix = predictions["mix"][0].float().cpu()
+        speakers = aligned[:, : self.outputs.num_spks]
+        metrics = utterance_metrics(speakers, predictions["speakers"][0].float().cpu(), mix)
+        if self.hparams.save_audio and save_audio:
+            noise = aligned[:, -1] if self.outputs.noise_output else None
+            self._save_audio(batch.id[0], mix, speakers, noise)
+        return {"snt_id": batch.id[0], **metrics}
 
     def _save_audio(self, snt_id, mix, speakers, noise):
         """Writes ``<id>_mix.wav``, ``<id>_spk<k>.wav`` and ``<id>_noise.wav`` (peak-normalised)."""

@@ -3,20 +3,32 @@
 A checkpoint folder is SpeechBrain's ``CKPT+<date>+<time>+<n>/`` holding one
 file per recoverable (``encoder.ckpt``, ``masknet.ckpt``, ...) and
 ``CKPT.yaml`` with its metadata; the reference release uses the same layout.
+:func:`checkpoint_to_evaluate` is the one rule by which the recipe's
+evaluation and ``nass separate`` pick a checkpoint from a folder.
 :func:`check_fit` compares every module's state dict with the file it would
 be loaded from and raises one :class:`CheckpointMismatchError` that says what
 differs in the words a user thinks in (speakers, backbone), rather than a
 stack of missing keys.
 """
 
+import logging
 from pathlib import Path
 
 import torch
 import yaml
 
+logger = logging.getLogger(__name__)
+
+# The files a separator is loaded from; a checkpoint without them cannot be evaluated.
+SEPARATOR_FILES = ("encoder", "masknet", "decoder")
+
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose tensors do not fit the model built from the hparams."""
+
+
+class NoCheckpointError(FileNotFoundError):
+    """A folder with no checkpoint that can be loaded."""
 
 
 def list_checkpoints(folder):
@@ -33,24 +45,64 @@ def read_meta(ckpt_dir):
         return yaml.safe_load(fin) or {}
 
 
-def best_checkpoint(folder, min_key="si-snr"):
-    """The checkpoint of ``folder`` with the lowest ``min_key`` (SpeechBrain's rule).
+def checkpoint_to_evaluate(folder, min_key="si-snr"):
+    """The checkpoint of ``folder`` that evaluation and ``nass separate`` use: one rule for both.
 
-    ``folder`` is one ``CKPT+...`` folder or a ``save/`` folder holding several.
-    Checkpoints without the key (intra-epoch ones) are only used when no other
-    exists; among those the newest wins.
+    ``folder`` is one ``CKPT+...`` folder or a ``save/`` folder holding
+    several. The checkpoint of lowest ``min_key`` is chosen (SpeechBrain's
+    rule); checkpoints without the key (intra-epoch ones, written every
+    ``ckpt_interval_minutes``) are used only when no other exists, the
+    newest first, with a warning. A checkpoint whose separator files
+    (:data:`SEPARATOR_FILES`) are missing or unreadable is skipped, with a
+    warning; when none is left, :class:`NoCheckpointError`.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> parts = {name: torch.nn.Linear(2, 2) for name in SEPARATOR_FILES}
+    >>> with tempfile.TemporaryDirectory() as save:
+    ...     saver = Checkpointer(save, parts)
+    ...     intra = saver.save_checkpoint(meta={"brain_intra_epoch_ckpt": True}, end_of_epoch=False)
+    ...     only_intra = checkpoint_to_evaluate(save) == intra.path
+    ...     best = saver.save_checkpoint(meta={"si-snr": -9.0})
+    ...     _ = saver.save_checkpoint(meta={"si-snr": -3.0})
+    ...     only_intra, checkpoint_to_evaluate(save) == best.path
+    (True, True)
     """
     found = list_checkpoints(folder)
     if not found:
-        raise FileNotFoundError(
+        raise NoCheckpointError(
             f"no checkpoint in {folder}: expected a CKPT+... folder with CKPT.yaml, or a "
             f"folder holding such folders"
         )
-    metas = [(ckpt, read_meta(ckpt)) for ckpt in found]
-    scored = [(m[min_key], c) for c, m in metas if isinstance(m.get(min_key), (int, float))]
-    if scored:
-        return min(scored, key=lambda pair: pair[0])[1]
-    return max(metas, key=lambda pair: pair[1].get("unixtime", 0))[0]
+    metas = {ckpt: read_meta(ckpt) for ckpt in found}
+    scored = sorted(
+        (c for c, m in metas.items() if isinstance(m.get(min_key), (int, float))),
+        key=lambda c: metas[c][min_key],
+    )
+    unscored = sorted(
+        (c for c in found if c not in scored),
+        key=lambda c: metas[c].get("unixtime", 0),
+        reverse=True,
+    )
+    skipped = []
+    for ckpt in scored + unscored:
+        problems = checkpoint_problems(ckpt, SEPARATOR_FILES)
+        if problems:
+            skipped.append(f"{ckpt}: {', '.join(problems)}")
+            logger.warning("Not using checkpoint %s: %s", ckpt, ", ".join(problems))
+            continue
+        if ckpt not in scored:
+            logger.warning(
+                "Using checkpoint %s, which has no %s: an intra-epoch checkpoint, saved before "
+                "the run finished an epoch; it is the only loadable checkpoint in %s",
+                ckpt, min_key, folder,
+            )
+        return ckpt
+    raise NoCheckpointError(
+        f"no loadable checkpoint in {folder}: " + "; ".join(skipped)
+    )
 
 
 def checkpoint_problems(ckpt_dir, names):

@@ -57,8 +57,9 @@ import torchaudio
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from nass.checkpoints import best_checkpoint, check_fit, load_state
+from nass.checkpoints import check_fit, checkpoint_to_evaluate, load_state
 from nass.chunking import DEFAULT_OVERLAP, separate_in_chunks
+from nass.outputs import Outputs
 from nass.precision import precision_dtype, set_precision
 
 logger = logging.getLogger(__name__)
@@ -207,14 +208,12 @@ class Separator:
 
     def __init__(self, model, sample_rate, noise_assignment="pit", chunk_seconds=None,
                  device="cpu", checkpoint=None, progress=False, precision="fp32"):
-        if noise_assignment not in ("pit", "fixed"):
-            raise ValueError(f"noise_assignment must be 'pit' or 'fixed', got {noise_assignment!r}")
+        self.outputs = Outputs(model.num_spks, model.noise_output, noise_assignment)
         self.device = _device(device)
         precision_dtype(precision, self.device)
         self.precision = precision
         self.model = set_precision(model.to(self.device).eval(), precision)
         self.sample_rate = int(sample_rate)
-        self.noise_assignment = noise_assignment
         self.checkpoint = checkpoint
         self.progress = progress
         self.chunk_seconds = DEFAULT_CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
@@ -229,10 +228,12 @@ class Separator:
         ---------
         hparams_file : str or Path
             E.g. ``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``;
-            its ``separator``, ``sample_rate`` and ``noise_assignment`` are used.
+            its ``separator``, ``sample_rate`` and ``outputs`` are used.
         checkpoint : str or Path
             A ``CKPT+...`` folder, or a ``save/`` folder holding several: the
-            one of lowest ``si-snr`` is used (logged, and kept as ``.checkpoint``).
+            one the recipe's evaluation would use
+            (:func:`nass.checkpoints.checkpoint_to_evaluate`; logged, and kept
+            as ``.checkpoint``).
         overrides : dict or str, optional
             HyperPyYAML overrides, as on the recipe's command line
             (``{"num_spks": 3}``); they must describe the trained model.
@@ -266,7 +267,7 @@ class Separator:
         """
         hparams_file = Path(hparams_file)
         precision_dtype(precision, _device(device))  # refuse before loading anything
-        ckpt = best_checkpoint(checkpoint)
+        ckpt = checkpoint_to_evaluate(checkpoint)
         logger.info("Separating with checkpoint %s", ckpt)
         hparams = load_hparams(hparams_file, overrides)
         model = hparams["separator"]
@@ -274,15 +275,14 @@ class Separator:
         check_fit(modules, ckpt, hparams_name=str(hparams_file))
         for name, module in modules.items():
             module.load_state_dict(load_state(ckpt / f"{name}.ckpt"), strict=True)
-        return cls(model, hparams["sample_rate"], hparams.get("noise_assignment", "pit"),
+        return cls(model, hparams["sample_rate"], hparams["outputs"].noise_assignment,
                    chunk_seconds=chunk_seconds, device=device, checkpoint=ckpt, progress=progress,
                    precision=precision)
 
     @property
     def source_names(self):
         """``["spk1", .., "spkC"]``, then ``"noise"`` when the model has a noise output."""
-        names = [f"spk{k}" for k in range(1, self.model.num_spks + 1)]
-        return names + (["noise"] if self.model.noise_output else [])
+        return self.outputs.source_names
 
     def separate_file(self, path):
         """Separates an audio file; the sources are at the file's sample rate and length.
@@ -320,9 +320,9 @@ class Separator:
         if self.chunk_size is None:
             outputs = self._run_model(resampled[None])[0]
         else:
-            fixed_noise = self.model.noise_output and self.noise_assignment == "fixed"
             outputs = separate_in_chunks(self._run_model, resampled[None], self.chunk_size,
-                                         fixed_last=fixed_noise, progress=self.progress)[0]
+                                         fixed_last=self.outputs.fixed_noise,
+                                         progress=self.progress)[0]
         outputs = outputs[:, self._output_order(outputs)]
         back = self._resample(outputs.T.contiguous(), self.sample_rate, sample_rate)
         back = _fit_length(back, mono.shape[-1])
@@ -334,9 +334,9 @@ class Separator:
     def _output_order(self, outputs):
         """Output indices in the order speakers, then noise."""
         n_out = outputs.shape[-1]
-        if not self.model.noise_output:
+        if not self.outputs.noise_output:
             return list(range(n_out))
-        noise = n_out - 1 if self.noise_assignment == "fixed" else pick_noise(outputs, self.sample_rate)
+        noise = n_out - 1 if self.outputs.fixed_noise else pick_noise(outputs, self.sample_rate)
         return [k for k in range(n_out) if k != noise] + [noise]
 
     def _chunk_size(self, chunk_seconds):

@@ -1,16 +1,21 @@
 """The NASS training objective: SI-SNR with PIT plus the PCL term, per utterance.
 
-``noise_assignment`` says how the noise output is found:
+What the outputs are and how the noise output is found is the
+:class:`nass.outputs.Outputs` the objective is given (``noise_assignment``):
 
 * ``"pit"`` (the reference's behaviour): PIT over all C+1 outputs against
   ``[s_1..s_C, noise]``; whichever output PIT gives the noise target is noise.
 * ``"fixed"``: the last output is the noise; PIT permutes the speakers only
   (C! instead of (C+1)! candidates, and inference knows which output is noise).
 
+The objective holds no trainable module: the Brain passes the patch sampler
+it trains (DDP-wrapped under ``torchrun``) to each call, so its gradients are
+averaged across processes like every other parameter's.
+
 Example
 -------
 >>> import torch
->>> objective = NASSObjective(num_spks=2, noise_output=True, pcl_weight=0.0)
+>>> objective = NASSObjective(Outputs(num_spks=2, noise_output=True), pcl_weight=0.0)
 >>> targets = torch.randn(2, 400, 3)
 >>> out = objective(targets[..., [2, 0, 1]], targets)
 >>> out["assignment"].tolist()
@@ -22,8 +27,9 @@ True
 import torch
 
 from nass.metrics import pairwise_si_snr
+from nass.outputs import Outputs
 from nass.pcl import PatchNCELoss, pcl_loss
-from nass.pit import NOISE_ASSIGNMENTS, align, best_assignment
+from nass.pit import align, best_assignment
 
 
 class NASSObjective:
@@ -31,57 +37,36 @@ class NASSObjective:
 
     Arguments
     ---------
-    num_spks : int
-        C.
-    noise_output : bool
-        The model has C+1 outputs and the targets end with the noise.
-    noise_assignment : str
-        ``"pit"`` or ``"fixed"`` (see the module docstring).
+    outputs : nass.outputs.Outputs
+        C, the noise output and how it is assigned.
     pcl_weight : float
         lambda; 0 turns PCL off.
     pcl_num_patches : int
         K, patches per representation.
     pcl_temperature : float
         tau of the PatchNCE loss.
-    patch_sampler : nass.pcl.PatchSampler, optional
-        Needed when ``pcl_weight > 0``; trained with the model.
     """
 
-    def __init__(
-        self,
-        num_spks,
-        noise_output=True,
-        noise_assignment="pit",
-        pcl_weight=2.0,
-        pcl_num_patches=256,
-        pcl_temperature=0.07,
-        patch_sampler=None,
-    ):
-        if noise_assignment not in NOISE_ASSIGNMENTS:
-            raise ValueError(
-                f"noise_assignment must be one of {NOISE_ASSIGNMENTS}, got {noise_assignment!r}"
-            )
+    def __init__(self, outputs, pcl_weight=2.0, pcl_num_patches=256, pcl_temperature=0.07):
+        if not isinstance(outputs, Outputs):
+            raise TypeError(f"outputs must be a nass.outputs.Outputs, got {type(outputs).__name__}")
         if pcl_weight < 0:
             raise ValueError(f"pcl_weight must be >= 0, got {pcl_weight}")
-        if pcl_weight > 0 and not noise_output:
+        if pcl_weight > 0 and not outputs.noise_output:
             raise ValueError(
                 "pcl_weight > 0 needs noise_output: True (PCL contrasts speakers with the "
                 "noise output); set --pcl_weight 0 for the plain baseline"
             )
-        if pcl_weight > 0 and patch_sampler is None:
-            raise ValueError("pcl_weight > 0 needs a patch_sampler")
-        self.num_spks = int(num_spks)
-        self.noise_output = bool(noise_output)
-        self.noise_assignment = noise_assignment
+        self.outputs = outputs
+        self.num_spks = outputs.num_spks
         self.pcl_weight = float(pcl_weight)
         self.pcl_num_patches = int(pcl_num_patches)
-        self.patch_sampler = patch_sampler
         self.nce = PatchNCELoss(pcl_temperature)
 
     @property
     def num_targets(self):
         """C + 1 with the noise output, C without."""
-        return self.num_spks + int(self.noise_output)
+        return self.outputs.num_outputs
 
     @property
     def uses_pcl(self):
@@ -94,8 +79,9 @@ class NASSObjective:
         ``lengths`` (samples, ``[B]``) keeps padding out of the SI-SNR.
         """
         self._check(estimates, targets)
-        fixed = self.noise_output and self.noise_assignment == "fixed"
-        return best_assignment(-self.si_snr_matrix(estimates, targets, lengths), fixed_last=fixed)
+        return best_assignment(
+            -self.si_snr_matrix(estimates, targets, lengths), fixed_last=self.outputs.fixed_noise
+        )
 
     def speakers(self, estimates, targets, lengths=None):
         """The C speaker estimates in target order ``[B, T, C]`` (noise output dropped)."""
@@ -112,7 +98,8 @@ class NASSObjective:
         refs = targets[..., : self.num_spks]
         return best_assignment(-self.si_snr_matrix(speakers, refs, lengths))[1]
 
-    def __call__(self, estimates, targets, sep_reps=None, clean_reps=None, lengths=None):
+    def __call__(self, estimates, targets, sep_reps=None, clean_reps=None, lengths=None,
+                 patch_sampler=None):
         """Per-utterance losses.
 
         Arguments
@@ -127,6 +114,9 @@ class NASSObjective:
             ``Enc(s_k)`` ``[C, B, N, L]``, needed for PCL.
         lengths : torch.Tensor, optional
             Valid samples per utterance ``[B]``.
+        patch_sampler : torch.nn.Module, optional
+            The trained :class:`nass.pcl.PatchSampler` (as the Brain holds it,
+            DDP wrapper included), needed for PCL.
 
         Returns
         -------
@@ -136,10 +126,12 @@ class NASSObjective:
         """
         assignment, separation = self.assign(estimates, targets, lengths)
         if self.uses_pcl:
-            if sep_reps is None or clean_reps is None:
-                raise ValueError("PCL is on (pcl_weight > 0): pass sep_reps and clean_reps")
+            if sep_reps is None or clean_reps is None or patch_sampler is None:
+                raise ValueError(
+                    "PCL is on (pcl_weight > 0): pass sep_reps, clean_reps and patch_sampler"
+                )
             pcl = pcl_loss(
-                self.patch_sampler,
+                patch_sampler,
                 self.nce,
                 sep_reps,
                 clean_reps,
@@ -166,7 +158,7 @@ class NASSObjective:
         if estimates.shape[-1] != expected or targets.shape[-1] != expected:
             raise ValueError(
                 f"expected {expected} outputs and targets (num_spks={self.num_spks}, "
-                f"noise_output={self.noise_output}); got estimates {tuple(estimates.shape)} "
+                f"noise_output={self.outputs.noise_output}); got estimates {tuple(estimates.shape)} "
                 f"and targets {tuple(targets.shape)}"
             )
         if estimates.shape[:2] != targets.shape[:2]:

@@ -284,3 +284,17 @@ def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, pa
     for query, positive in zip(queries, fixed[:-1]):
         total = total + nce(query, positive, negatives).mean(dim=1)
     return total * (weight / n_spk)
+
+
+def build_patch_sampler(pcl_weight, proj_dim=256):
+    """The recipes' ``patchsamplenet``: a :class:`PatchSampler` when PCL is on, else None.
+
+    Building nothing with PCL off keeps a baseline run's random numbers
+    (weight initialisation, crops) those of SpeechBrain's own recipe.
+
+    >>> build_patch_sampler(0.0) is None, type(build_patch_sampler(2.0, proj_dim=8)).__name__
+    (True, 'PatchSampler')
+    """
+    if pcl_weight > 0:
+        return PatchSampler(proj_dim=proj_dim)
+    return None

@@ -23,8 +23,6 @@ from functools import lru_cache
 
 import torch
 
-NOISE_ASSIGNMENTS = ("pit", "fixed")
-
 
 @lru_cache(maxsize=None)
 def _permutations(n):

@@ -6,8 +6,10 @@
    ``dataset_layout`` the hparams file builds (LibriMix, WHAM!, custom, ...).
 3. Build the datasets (or the dynamic-mixing training set).
 4. Train with :class:`nass.brain.SeparationBrain` (resuming from the newest
-   checkpoint), unless ``test_only``.
-5. Evaluate the best checkpoint and write ``test_results.csv``.
+   checkpoint), unless ``test_only``; a run from scratch starts from the
+   reference's initialisation (:mod:`nass.initialisation`).
+5. Evaluate the checkpoint :func:`nass.checkpoints.checkpoint_to_evaluate`
+   picks (the one ``nass separate`` uses) and write ``test_results.csv``.
 """
 
 import argparse
@@ -18,12 +20,13 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.run_opts import RunOptions
 
 from nass.brain import SeparationBrain
-from nass.checkpoints import best_checkpoint, check_fit, list_checkpoints, set_aside_incomplete
+from nass.checkpoints import check_fit, checkpoint_to_evaluate, list_checkpoints, set_aside_incomplete
 from nass.data.prepare import prepare_layout
+from nass.initialisation import initialise_like_reference
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,16 @@ def _check_checkpoint(hparams, hparams_file, ckpt):
         check_fit(_model_modules(hparams), ckpt, hparams_name=hparams_file)
 
 
+def _register_patch_sampler(hparams):
+    """Checkpoints the patch sampler as ``patchsamplenet`` when PCL is on (it is None otherwise)."""
+    sampler = hparams["patchsamplenet"]
+    if hparams["objective"].uses_pcl and sampler is None:
+        raise ValueError("pcl_weight > 0 but the hparams build no patchsamplenet")
+    if sampler is not None:
+        hparams["checkpointer"].add_recoverable("patchsamplenet", sampler)
+    return sampler
+
+
 def run(argv):
     """Runs a recipe from command-line arguments (``sys.argv[1:]``)."""
     hparams_file, run_opts, overrides, hparams = load_hparams(argv)
@@ -126,6 +139,7 @@ def run(argv):
         overrides=overrides,
     )
     _check_options(hparams, run_opts)
+    patch_sampler = _register_patch_sampler(hparams)
     test_only = run_option("test_only", run_opts, hparams)
     save_folder = Path(hparams["save_folder"])
     if test_only:
@@ -135,7 +149,8 @@ def run(argv):
                 f"test_only is True but {save_folder} holds no CKPT+... checkpoint to evaluate; "
                 f"point --output_folder at the folder whose save/ holds it"
             )
-        _check_checkpoint(hparams, hparams_file, best_checkpoint(save_folder))
+        evaluated = checkpoint_to_evaluate(save_folder)
+        _check_checkpoint(hparams, hparams_file, evaluated)
 
     splits = ("test",) if test_only else ("train", "valid", "test")
     if hparams["dynamic_mixing"] and not test_only:
@@ -161,8 +176,8 @@ def run(argv):
         datasets["train"] = dynamic_mixing_dataset(hparams)
 
     modules = {"separator": hparams["separator"]}
-    if hparams["objective"].uses_pcl:
-        modules["patchsamplenet"] = hparams["patchsamplenet"]
+    if patch_sampler is not None:
+        modules["patchsamplenet"] = patch_sampler
     brain = SeparationBrain(
         modules=modules,
         opt_class=hparams["optimizer"],
@@ -171,11 +186,16 @@ def run(argv):
         checkpointer=hparams["checkpointer"],
     )
     if not test_only:
+        if "pretrained_separator" not in hparams:
+            # Same seed on every process: the ranks start equal (a resumed run then loads its checkpoint).
+            initialise_like_reference(brain.separator_module, patch_sampler)
         checkpointer = hparams["checkpointer"]
         resumable = [n for n in checkpointer.recoverables if not checkpointer.optional_recoverables.get(n)]
         resumable.append("optimizer")
-        for path in set_aside_incomplete(save_folder, resumable):
-            logger.warning("%s was left incomplete by a killed run; set aside", path)
+        if if_main_process():   # one process renames; the others wait for it
+            for path in set_aside_incomplete(save_folder, resumable):
+                logger.warning("%s was left incomplete by a killed run; set aside", path)
+        ddp_barrier()
         newest = hparams["checkpointer"].find_checkpoint()
         _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
         brain.fit(
@@ -185,7 +205,8 @@ def run(argv):
             train_loader_kwargs=hparams["dataloader_opts"],
             valid_loader_kwargs=hparams["dataloader_opts"],
         )
-    brain.write_test_results(datasets["test"], hparams["dataloader_opts"])
+        evaluated = checkpoint_to_evaluate(save_folder)
+    brain.write_test_results(datasets["test"], evaluated, hparams["dataloader_opts"])
     if torch.distributed.is_initialized():
         # Leaving with the group alive lets gloo's threads abort the process at exit.
         torch.distributed.barrier()
@@ -194,7 +215,7 @@ def run(argv):
 
 
 def _check_options(hparams, run_opts):
-    if hparams["noise_output"] and "noise" not in hparams["dataset_layout"].targets:
+    if hparams["outputs"].noise_output and "noise" not in hparams["dataset_layout"].targets:
         raise ValueError(
             "noise_output is True but the dataset has no noise targets (clean mixtures); "
             "use noisy data or --noise_output False --pcl_weight 0"

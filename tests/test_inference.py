@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from scipy.signal import lfilter
 from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
-from nass.checkpoints import CheckpointMismatchError
+from nass.checkpoints import CheckpointMismatchError, read_meta
 from nass.chunking import crossfade_weights, plan_windows, separate_in_chunks
 from nass.inference import (
     AudioInputError,
@@ -78,6 +79,19 @@ def test_from_hparams_loads_the_best_checkpoint_and_says_which(checkpoints, sepa
     with caplog.at_level("INFO", logger="nass.inference"):
         Separator.from_hparams(HPARAMS, save, overrides=TINY)
     assert str(best) in caplog.text
+
+
+def test_an_unreadable_best_checkpoint_is_skipped_with_a_warning(checkpoints, tmp_path, caplog):
+    save, best = checkpoints
+    copy = tmp_path / "save"
+    shutil.copytree(save, copy)
+    (copy / best.name / "decoder.ckpt").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="nass.checkpoints"):
+        separator = Separator.from_hparams(HPARAMS, copy, overrides=TINY)
+    assert f"Not using checkpoint {copy / best.name}: decoder.ckpt missing or empty" in caplog.text
+    second = min((c for c in copy.glob("CKPT+*") if c.name != best.name),
+                 key=lambda c: read_meta(c)["si-snr"])
+    assert separator.checkpoint == second
 
 
 def test_checkpoint_of_another_model_is_one_clear_error(checkpoints):

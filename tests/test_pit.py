@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nass.objective import NASSObjective
+from nass.outputs import Outputs
 from nass.pcl import PatchSampler
 from nass.pit import align, best_assignment
 
@@ -46,7 +47,7 @@ def test_each_utterance_gets_its_own_permutation():
     targets = signals(4, 40, 4, seed=1)
     perms = [[0, 1, 2, 3], [1, 2, 0, 3], [3, 0, 1, 2], [2, 3, 1, 0]]
     outputs = torch.stack([targets[b][:, p] for b, p in enumerate(perms)])
-    objective = NASSObjective(num_spks=3, noise_output=True, pcl_weight=0.0)
+    objective = NASSObjective(Outputs(3, noise_output=True), pcl_weight=0.0)
     result = objective(outputs, targets)
     torch.testing.assert_close(align(outputs, result["assignment"]), targets)
     assert (result["separation"] < -60).all()
@@ -66,8 +67,8 @@ def test_fixed_slot_keeps_noise_last_even_when_pit_would_swap():
     targets = signals(1, 80, 3, seed=3)
     # Output 2 looks like speaker 1 and output 0 like the noise.
     outputs = targets[..., [2, 0, 1]]
-    pit = NASSObjective(2, noise_output=True, noise_assignment="pit", pcl_weight=0.0)
-    fixed = NASSObjective(2, noise_output=True, noise_assignment="fixed", pcl_weight=0.0)
+    pit = NASSObjective(Outputs(2, noise_output=True, noise_assignment="pit"), pcl_weight=0.0)
+    fixed = NASSObjective(Outputs(2, noise_output=True, noise_assignment="fixed"), pcl_weight=0.0)
     assert pit.assign(outputs, targets)[0].tolist() == [[1, 2, 0]]
     assignment, _ = fixed.assign(outputs, targets)
     assert assignment[0, -1] == 2
@@ -78,7 +79,7 @@ def test_separation_loss_is_mean_negative_si_snr_of_matched_pairs():
     targets = signals(2, 200, 3, seed=4)
     noise = signals(2, 200, 3, seed=5)
     outputs = targets[..., [1, 0, 2]] + 0.3 * noise
-    objective = NASSObjective(2, noise_output=True, pcl_weight=0.0)
+    objective = NASSObjective(Outputs(2, noise_output=True), pcl_weight=0.0)
     result = objective(outputs, targets)
     for b in range(2):
         expected = 0.0
@@ -98,7 +99,7 @@ def test_padding_does_not_enter_the_loss():
     padded_t, padded_o = targets.clone(), outputs.clone()
     padded_t[1, 200:] = 0
     padded_o[1, 200:] = 5.0   # garbage in the padding
-    objective = NASSObjective(2, noise_output=True, pcl_weight=0.0)
+    objective = NASSObjective(Outputs(2, noise_output=True), pcl_weight=0.0)
     got = objective(padded_o, padded_t, lengths=torch.tensor([300, 200]))["loss"]
     alone = objective(outputs[1:, :200], targets[1:, :200])["loss"]
     torch.testing.assert_close(got[1], alone[0])
@@ -108,32 +109,31 @@ def test_speaker_loss_drops_the_noise_output():
     targets = signals(1, 200, 3, seed=8)
     outputs = targets[..., [2, 1, 0]].clone()
     outputs[..., 0] = torch.randn(200)   # the noise estimate is bad; speakers perfect
-    objective = NASSObjective(2, noise_output=True, pcl_weight=0.0)
+    objective = NASSObjective(Outputs(2, noise_output=True), pcl_weight=0.0)
     assert float(objective.speaker_loss(outputs, targets)) < -60
 
 
 def test_objective_validates_shapes_and_options():
-    objective = NASSObjective(2, noise_output=True, pcl_weight=0.0)
+    objective = NASSObjective(Outputs(2, noise_output=True), pcl_weight=0.0)
     with pytest.raises(ValueError, match=r"expected 3 outputs and targets .* got estimates \(1, 10, 2\)"):
         objective(torch.randn(1, 10, 2), torch.randn(1, 10, 3))
     with pytest.raises(ValueError, match="noise_assignment must be one of"):
-        NASSObjective(2, noise_assignment="last")
+        Outputs(2, noise_assignment="last")
     with pytest.raises(ValueError, match="needs noise_output"):
-        NASSObjective(2, noise_output=False, pcl_weight=1.0, patch_sampler=PatchSampler(4))
-    with pytest.raises(ValueError, match="needs a patch_sampler"):
-        NASSObjective(2, noise_output=True, pcl_weight=1.0)
+        NASSObjective(Outputs(2, noise_output=False), pcl_weight=1.0)
+    with pytest.raises(TypeError, match="must be a nass.outputs.Outputs"):
+        NASSObjective(2, pcl_weight=0.0)
 
 
 def test_objective_adds_pcl_per_utterance():
     torch.manual_seed(9)
     sampler = PatchSampler(proj_dim=8)
-    objective = NASSObjective(2, noise_output=True, pcl_weight=2.0, pcl_num_patches=16,
-                              patch_sampler=sampler)
+    objective = NASSObjective(Outputs(2, noise_output=True), pcl_weight=2.0, pcl_num_patches=16)
     targets = signals(2, 160, 3, seed=10)
     outputs = targets[..., [0, 2, 1]]
     reps, clean = torch.randn(3, 2, 8, 20), torch.randn(2, 2, 8, 20)
-    result = objective(outputs, targets, reps, clean)
+    result = objective(outputs, targets, reps, clean, patch_sampler=sampler)
     assert (result["pcl"] > 0).all()
     torch.testing.assert_close(result["loss"], result["separation"] + result["pcl"])
-    with pytest.raises(ValueError, match="pass sep_reps and clean_reps"):
-        objective(outputs, targets)
+    with pytest.raises(ValueError, match="pass sep_reps, clean_reps and patch_sampler"):
+        objective(outputs, targets, reps, clean)

@@ -1,21 +1,26 @@
 """The LibriMix recipe end to end on tiny synthetic corpora and tiny models."""
 
 import csv
+import hashlib
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
-from conftest import LIBRIMIX_RECIPE, TINY_DPRNN, TINY_SEPFORMER, recipe_command
-from nass.checkpoints import CheckpointMismatchError, checkpoint_problems
+from conftest import LIBRIMIX_RECIPE, REPO, TINY, TINY_DPRNN, TINY_SEPFORMER, recipe_command
+from nass.checkpoints import CheckpointMismatchError, NoCheckpointError, checkpoint_problems
+from nass.data.dynamic_mixing import DynamicMixer
 from nass.data.synthetic import make_librispeech_like, make_noise_folder
+from nass.inference import Separator
+from nass.metrics import utterance_metrics
+from nass.pit import align
 from nass.recipe import load_hparams, run
 
 SEPFORMER = str(LIBRIMIX_RECIPE / "hparams" / "sepformer-libri2mix.yaml")
@@ -61,12 +66,53 @@ def test_sepformer_nass_trains_and_evaluates(libri2mix, tmp_path):
 
 def test_plain_baseline_has_no_noise_output_and_no_pcl(libri2mix, tmp_path):
     out = tmp_path / "base"
+    # threshold 1000: every utterance is "below the threshold"; the reference then
+    # trains on the full loss rather than skipping the step.
     brain = run_recipe("sepformer-libri2mix.yaml", libri2mix, out, "--noise_output", "False",
-                       "--pcl_weight", "0", "--save_audio", "False")
+                       "--pcl_weight", "0", "--save_audio", "False", "--threshold", "1000")
     assert brain.hparams.MaskNet.num_spks == 2
-    assert "patchsamplenet" not in brain.modules
+    assert "patchsamplenet" not in brain.modules and brain.hparams.patchsamplenet is None
+    assert "patchsamplenet" not in brain.checkpointer.recoverables
     check_results(out, libri2mix)
-    assert "pcl_loss: 0.00" in (out / "train_log.txt").read_text()
+    log = (out / "train_log.txt").read_text()
+    assert "pcl_loss: 0.00" in log and "skipped_steps: 0" in log
+
+
+def test_baseline_starts_from_speechbrains_initialisation(libri2mix, tmp_path, monkeypatch):
+    """Built with the seed, then every layer reset as SpeechBrain's recipe does; nothing for PCL."""
+    from nass import recipe
+
+    started = {}
+
+    class Started(Exception):
+        """Raised at the start of training: the start is all this test needs."""
+
+    def fit(brain, *args, **kwargs):
+        started.update({k: v.clone() for k, v in brain.separator_module.state_dict().items()})
+        raise Started
+
+    monkeypatch.setattr(recipe.SeparationBrain, "fit", fit)
+    args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(tmp_path / "b"),
+            *TINY_SEPFORMER, "--noise_output", "False", "--pcl_weight", "0"]
+    with pytest.raises(Started):
+        run(args)
+    _, _, _, fresh = load_hparams(args)          # seeds torch as the recipe does
+    built = {k: v.clone() for k, v in fresh["separator"].state_dict().items()}
+    separator = fresh["separator"]
+    for part in (separator.encoder, separator.decoder, separator.masknet):   # SpeechBrain's order
+        _reset_with_descendants(part)
+    expected = separator.state_dict()
+    assert all(torch.equal(started[k], expected[k]) for k in expected)
+    assert sum(not torch.equal(built[k], expected[k]) for k in expected) > len(expected) // 4
+
+
+def _reset_with_descendants(layer):
+    """SpeechBrain's recipes' ``reset_layer_recursively``, written out."""
+    if hasattr(layer, "reset_parameters"):
+        layer.reset_parameters()
+    for child in layer.modules():
+        if child is not layer:
+            _reset_with_descendants(child)
 
 
 def test_dprnn_with_batch_of_two_and_fixed_noise_slot(libri2mix, tmp_path):
@@ -113,18 +159,40 @@ def test_fp16_on_cpu_is_a_clear_error(libri2mix, tmp_path):
                    "--device", "cpu")
 
 
-def test_dynamic_mixing(libri2mix, tmp_path):
+def _fingerprint(signal):
+    return hashlib.sha1(signal.numpy().tobytes()).hexdigest()
+
+
+def test_dynamic_mixing_resumed_run_continues_with_the_next_epoch(libri2mix, tmp_path, monkeypatch):
     speech = make_librispeech_like(tmp_path / "LibriSpeech", n_speakers=3, duration=1.0)
     noise = make_noise_folder(tmp_path / "noise", n_files=2, duration=1.5)
+    read = []
+    mixture = DynamicMixer.mixture
+
+    def recording(mixer, epoch, index):
+        example = mixture(mixer, epoch, index)
+        read.append((epoch, index, _fingerprint(example["mix"])))
+        return example
+
+    monkeypatch.setattr(DynamicMixer, "mixture", recording)
     out = tmp_path / "dm"
-    run_recipe("sepformer-libri2mix.yaml", libri2mix, out, "--dynamic_mixing", "True",
-               "--base_folder_dm", str(speech), "--noise_folder_dm", str(noise),
-               "--dm_examples_per_epoch", "3", "--save_audio", "False")
+    tiny = TINY_SEPFORMER[: TINY_SEPFORMER.index("--N_epochs")]
+    args = ["--dynamic_mixing", "True", "--base_folder_dm", str(speech), "--noise_folder_dm",
+            str(noise), "--dm_examples_per_epoch", "3", "--save_audio", "False"]
+    run_recipe("sepformer-libri2mix.yaml", libri2mix, out, *args, "--N_epochs", "1", tiny=tiny)
     check_results(out, libri2mix)
     assert not (out / "save" / "train.csv").exists()
+    first, read[:] = list(read), []
+    run_recipe("sepformer-libri2mix.yaml", libri2mix, out, *args, "--N_epochs", "2", tiny=tiny)
+    assert [(e, i) for e, i, _ in first] == [(1, 0), (1, 1), (1, 2)]
+    assert [(e, i) for e, i, _ in read] == [(2, 0), (2, 1), (2, 2)]
+    assert not {f for *_, f in read} & {f for *_, f in first}
+    # What the resumed run trained on is what an uninterrupted run reads in epoch 2.
+    fresh = DynamicMixer(speech, noise, num_spks=2, sample_rate=8000, length=4000, seed=1234)
+    assert [f for *_, f in read] == [_fingerprint(mixture(fresh, 2, i)["mix"]) for i in range(3)]
 
 
-def write_release_checkpoint(save, hparams, si_snr=-12.5):
+def write_release_checkpoint(save, hparams, meta=None):
     """A checkpoint folder exactly as the reference release ships it (SpeechBrain 0.5 files)."""
     ckpt = save / "CKPT+2023-05-17+10-12-33+00"
     ckpt.mkdir(parents=True)
@@ -141,8 +209,8 @@ def write_release_checkpoint(save, hparams, si_snr=-12.5):
         {"step": 13900, "avg_train_loss": -14.2, "optimizer_step": 13900}))
     torch.save(torch.optim.Adam(params, lr=1.5e-4).state_dict(), ckpt / "optimizer.ckpt")
     torch.save(torch.amp.GradScaler("cpu", enabled=False).state_dict(), ckpt / "scaler.ckpt")
-    (ckpt / "CKPT.yaml").write_text(yaml.safe_dump(
-        {"end-of-epoch": True, "si-snr": si_snr, "unixtime": 1684318353.0}))
+    meta = meta or {"end-of-epoch": True, "si-snr": -12.5}
+    (ckpt / "CKPT.yaml").write_text(yaml.safe_dump({**meta, "unixtime": 1684318353.0}))
     return ckpt
 
 
@@ -199,6 +267,52 @@ def test_test_only_without_checkpoint_says_so(libri2mix, tmp_path):
         run_recipe("sepformer-libri2mix.yaml", libri2mix, tmp_path / "none", "--test_only", "True")
 
 
+def test_test_only_on_an_intra_epoch_checkpoint_gives_what_separate_gives(libri2mix, tmp_path):
+    out = tmp_path / "intra"
+    args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
+            *TINY_SEPFORMER, "--save_audio", "False", "--seed", "7"]
+    _, _, _, donor = load_hparams(args)
+    # What SpeechBrain saves every ckpt_interval_minutes inside an epoch: no si-snr.
+    intra = write_release_checkpoint(
+        out / "save", donor, meta={"end-of-epoch": False, "brain_intra_epoch_ckpt": True})
+    run(args[:-2] + ["--seed", "1234", "--test_only", "True"])
+    assert (out / "test_checkpoint.txt").read_text().strip() == str(intra.resolve())
+    assert "which has no si-snr: an intra-epoch checkpoint" in (out / "log.txt").read_text()
+    rows = check_results(out, libri2mix)
+
+    separator = Separator.from_hparams(SEPFORMER, out / "save", overrides=TINY)
+    assert separator.checkpoint == intra
+    base = libri2mix / "wav8k" / "min" / "test"
+    for row in rows[:-1]:
+        mix, refs = _read_test_utterance(base, row["snt_id"])
+        with torch.no_grad():
+            est = separator.model(mix[None])
+        assignment, _ = donor["objective"].assign(est, refs[None])
+        expected = utterance_metrics(align(est, assignment)[0, :, :2], refs[:, :2], mix)
+        for key in ("si-snr", "si-snr_i", "sdr", "sdr_i"):
+            assert float(row[key]) == pytest.approx(expected[key], abs=1e-4)
+
+
+def _read_test_utterance(base, snt_id):
+    """``(mix [T], [s1, s2, noise] [T, 3])`` of a Libri2Mix test utterance."""
+    def read(folder):
+        return torch.from_numpy(sf.read(base / folder / f"{snt_id}.wav", dtype="float32")[0])
+
+    return read("mix_both"), torch.stack([read(d) for d in ("s1", "s2", "noise")], dim=-1)
+
+
+def test_test_only_without_a_loadable_checkpoint_writes_no_csv(libri2mix, tmp_path):
+    out = tmp_path / "broken"
+    args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
+            *TINY_SEPFORMER, "--test_only", "True"]
+    _, _, _, donor = load_hparams(args)
+    ckpt = write_release_checkpoint(out / "save", donor)
+    (ckpt / "masknet.ckpt").write_bytes(b"truncated")
+    with pytest.raises(NoCheckpointError, match="no loadable checkpoint .* masknet.ckpt unreadable"):
+        run(args)
+    assert not (out / "test_results.csv").exists()
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(libri2mix, tmp_path):
     out = tmp_path / "killed"
     tiny = TINY_SEPFORMER[: TINY_SEPFORMER.index("--N_epochs")]
@@ -227,15 +341,44 @@ def test_killed_run_resumes_from_its_last_checkpoint(libri2mix, tmp_path):
     check_results(out, libri2mix)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
-def test_two_process_ddp_with_gloo(libri2mix, tmp_path):
-    out = tmp_path / "ddp"
+@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed")
+def test_two_process_ddp_with_pcl_stays_in_step_and_evaluates_once(libri2mix, tmp_path, one_thread):
+    out, probe = tmp_path / "ddp", tmp_path / "probe"
+    probe.mkdir()
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2"] + recipe_command(
-        LIBRIMIX_RECIPE, "sepformer-libri2mix.yaml", libri2mix, out, *TINY_SEPFORMER,
-        "--distributed_backend", "gloo", "--device", "cpu", "--save_audio", "False")[1:]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    tiny = TINY_SEPFORMER[: TINY_SEPFORMER.index("--N_epochs")]
+    recipe_args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
+                   *tiny, "--N_epochs", "2", "--seed", "3", "--save_audio", "False"]
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(REPO / "tests" / "ddp_probe.py"),
+           str(probe), *recipe_args, "--distributed_backend", "gloo", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_results(out, libri2mix)
-    assert (out / "train_log.txt").read_text().count("epoch: 1,") == 1
+    log = (out / "train_log.txt").read_text()
+    assert log.count("epoch: 2,") == 1 and float(log.split("train pcl_loss: ")[1].split(",")[0]) > 0
+
+    # Every trained parameter, the patch sampler's included, is the same on both processes
+    # (the seed is one where the sampler's first convolution does get gradients).
+    ranks = [torch.load(probe / f"rank{r}.pt") for r in (0, 1)]
+    assert set(ranks[0]["trained"]) == {"separator", "patchsamplenet"}
+    sampler = [r["patchsamplenet"]["conv.0.weight"] for r in (ranks[0]["started"], ranks[0]["trained"])]
+    assert not torch.equal(*sampler)
+    for name, state in ranks[0]["trained"].items():
+        for key, value in state.items():
+            assert torch.equal(value, ranks[1]["trained"][name][key]), f"{name}.{key} differs"
+
+    # Each test utterance is separated once, by one of the processes...
+    tested = [ranks[0]["tested"], ranks[1]["tested"]]
+    test_ids = sorted(p.stem for p in (libri2mix / "wav8k" / "min" / "test" / "mix_both").glob("*.wav"))
+    assert all(tested) and not set(tested[0]) & set(tested[1])
+    assert sorted(tested[0] + tested[1]) == test_ids
+    # ...and the csv is the one a single process writes for the same checkpoint.
+    ddp_rows = check_results(out, libri2mix)
+    ddp_checkpoint = (out / "test_checkpoint.txt").read_text()
+    run(recipe_args + ["--test_only", "True"])
+    assert (out / "test_checkpoint.txt").read_text() == ddp_checkpoint
+    for ddp_row, row in zip(ddp_rows, results(out)):
+        assert ddp_row["snt_id"] == row["snt_id"]
+        for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
+            assert float(ddp_row[key]) == pytest.approx(float(row[key]), abs=1e-6)

@@ -9,6 +9,13 @@ and summed; the whole mixture is scaled down together if it would clip.
 A speaker is the first folder under ``base_folder_dm``
 (``LibriSpeech/train-clean-100/<speaker>/<chapter>/*.flac``,
 ``wsj0/si_tr_s/<speaker>/*.wav``).
+
+Mixture ``i`` of epoch ``e`` is a function of ``(seed, e, i)`` only: its
+random numbers come from a generator seeded with those three numbers. So the
+mixtures are the same whatever the number of loader workers or DDP
+processes, differ from one epoch to the next, and a resumed run draws the
+mixtures of the epoch it resumes, not those it has already trained on. DDP
+processes read disjoint indices (SpeechBrain's ``DistributedSampler``).
 """
 
 import logging
@@ -50,7 +57,8 @@ class DynamicMixer:
         Output rate; files at another rate are resampled.
     length : int or None
         Samples per example (None: the shortest drawn utterance).
-    seed : int or None
+    seed : int
+        With the epoch and the index, decides every mixture.
 
     Example
     -------
@@ -59,16 +67,21 @@ class DynamicMixer:
     >>> tmp = Path(tempfile.mkdtemp())
     >>> speech = make_librispeech_like(tmp / "ls", n_speakers=3)
     >>> noise = make_noise_folder(tmp / "noise", n_files=2)
-    >>> ex = DynamicMixer(speech, noise, num_spks=2, sample_rate=8000, length=4000, seed=0).draw()
+    >>> mixer = DynamicMixer(speech, noise, num_spks=2, sample_rate=8000, length=4000, seed=0)
+    >>> ex = mixer.mixture(epoch=1, index=0)
     >>> sorted(ex), ex["mix"].shape
     (['mix', 'noise', 's1', 's2'], torch.Size([4000]))
+    >>> bool(torch.equal(ex["mix"], mixer.mixture(1, 0)["mix"]))
+    True
     """
 
-    def __init__(self, speech_folder, noise_folder, num_spks, sample_rate, length=None, seed=None):
+    def __init__(self, speech_folder, noise_folder, num_spks, sample_rate, length=None, seed=0):
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise ValueError(f"dynamic mixing: seed must be a whole number >= 0, got {seed!r}")
         self.num_spks = num_spks
         self.sample_rate = sample_rate
         self.length = length
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
         self.speakers = defaultdict(list)
         speech_folder = Path(speech_folder)
         for path in _audio_files(speech_folder):
@@ -94,14 +107,15 @@ class DynamicMixer:
             audio = AF.resample(audio, rate, self.sample_rate)
         return audio
 
-    def _crop(self, audio, length):
+    @staticmethod
+    def _crop(audio, length, rng):
         if audio.shape[0] < length:
             audio = audio.repeat(length // audio.shape[0] + 1)
-        start = int(self.rng.integers(0, audio.shape[0] - length + 1))
+        start = int(rng.integers(0, audio.shape[0] - length + 1))
         return audio[start : start + length]
 
-    def _normalise(self, audio, lufs_range):
-        target = float(self.rng.uniform(*lufs_range))
+    def _normalise(self, audio, lufs_range, rng):
+        target = float(rng.uniform(*lufs_range))
         signal = audio.double().numpy()
         if audio.shape[0] >= _MIN_LOUDNESS_SECONDS * self.sample_rate:
             meter = self._meters.setdefault(self.sample_rate, pyloudnorm.Meter(self.sample_rate))
@@ -112,20 +126,23 @@ class DynamicMixer:
             return audio
         return audio * float(10 ** ((target - loudness) / 20))
 
-    def draw(self):
-        """One example: ``{"mix", "s1".."sC", "noise"}`` 1-D float tensors."""
+    def mixture(self, epoch, index):
+        """Example ``index`` of ``epoch``: ``{"mix", "s1".."sC", "noise"}`` 1-D float tensors."""
+        if epoch < 0 or index < 0:
+            raise ValueError(f"dynamic mixing: epoch and index must be >= 0, got {epoch}, {index}")
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
         names = list(self.speakers)
-        chosen = self.rng.choice(len(names), size=self.num_spks, replace=False)
+        chosen = rng.choice(len(names), size=self.num_spks, replace=False)
         utts = []
         for idx in chosen:
             files = self.speakers[names[idx]]
-            utts.append(self._load(files[int(self.rng.integers(len(files)))]))
+            utts.append(self._load(files[int(rng.integers(len(files)))]))
         length = min(u.shape[0] for u in utts)
         if self.length is not None:
             length = min(length, self.length)
-        sources = [self._normalise(self._crop(u, length), SPEECH_LUFS) for u in utts]
-        noise = self._load(self.noises[int(self.rng.integers(len(self.noises)))])
-        sources.append(self._normalise(self._crop(noise, length), NOISE_LUFS))
+        sources = [self._normalise(self._crop(u, length, rng), SPEECH_LUFS, rng) for u in utts]
+        noise = self._load(self.noises[int(rng.integers(len(self.noises)))])
+        sources.append(self._normalise(self._crop(noise, length, rng), NOISE_LUFS, rng))
         stacked = torch.stack(sources)
         mix = stacked.sum(0)
         peak = float(mix.abs().max())
@@ -142,13 +159,21 @@ def dynamic_mixing_dataset(hparams):
     """A training set of ``dm_examples_per_epoch`` freshly mixed examples.
 
     Reads ``base_folder_dm``, ``noise_folder_dm``, ``num_spks``,
-    ``sample_rate``, ``training_signal_len``, ``dm_examples_per_epoch`` and
-    ``seed`` from ``hparams``.
+    ``sample_rate``, ``training_signal_len``, ``dm_examples_per_epoch``,
+    ``seed``, ``dataloader_opts`` and ``epoch_counter`` from ``hparams``. The
+    epoch is the counter's ``current`` when an example is read: loader
+    workers are started for each epoch and copy it then, which is why
+    ``persistent_workers`` (workers kept from one epoch to the next) is refused.
     """
     for key in ("base_folder_dm", "noise_folder_dm"):
         folder = hparams.get(key)
         if not folder or not Path(folder).is_dir():
             raise ValueError(f"dynamic_mixing is True but {key} ({folder}) is not a folder")
+    if hparams["dataloader_opts"].get("persistent_workers"):
+        raise ValueError(
+            "dynamic_mixing needs dataloader_opts persistent_workers: False (workers kept "
+            "between epochs would mix every epoch as the first)"
+        )
     mixer = DynamicMixer(
         hparams["base_folder_dm"],
         hparams["noise_folder_dm"],
@@ -157,6 +182,7 @@ def dynamic_mixing_dataset(hparams):
         length=hparams["training_signal_len"],
         seed=hparams["seed"],
     )
+    epoch_counter = hparams["epoch_counter"]
     n = int(hparams["dm_examples_per_epoch"])
     data = sb.dataio.dataset.DynamicItemDataset({f"dm{i:06d}": {"index": i} for i in range(n)})
     keys = ["mix"] + [f"s{k}" for k in range(1, hparams["num_spks"] + 1)] + ["noise"]
@@ -164,7 +190,7 @@ def dynamic_mixing_dataset(hparams):
     @sb.utils.data_pipeline.takes("index")
     @sb.utils.data_pipeline.provides(*[f"{k}_sig" for k in keys])
     def mix_pipeline(index):
-        example = mixer.draw()
+        example = mixer.mixture(epoch_counter.current, index)
         for key in keys:
             yield example[key]
 
