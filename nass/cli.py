@@ -228,8 +228,9 @@ def _parser():
         separate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)"),
         separate.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                               help="fp32: the exact model (default); bf16: the mask network's "
-                                   "weights in bf16, faster on CPUs with bf16 units, outputs "
-                                   "within about 40 dB of fp32's; fp16: the same in fp16, CUDA only"),
+                                   "weights in bf16 (less memory; faster on CPUs with AMX and on "
+                                   "GPUs), outputs about 40 dB SI-SNR from fp32's; fp16: the same "
+                                   "in fp16, CUDA only"),
         separate.add_argument("inputs", nargs="+", metavar="INPUT",
                               help="audio files (any format soundfile reads; any sample rate; "
                                    "multichannel files are averaged to mono)"),

@@ -15,9 +15,9 @@ float tensors at the input's sample rate and length:
 * Long inputs are separated in overlapping windows (:mod:`nass.chunking`),
   so memory stays bounded whatever the length.
 * ``precision="bf16"`` (or ``"fp16"`` on CUDA) runs the mask network's
-  weights in half precision (:mod:`nass.precision`): faster where the CPU
-  has bf16 matrix units, half the activation memory, outputs within about
-  40 dB SI-SNR of fp32's; the default ``"fp32"`` is the exact model.
+  weights in half precision (:mod:`nass.precision`): less memory, faster
+  where the CPU has AMX (or on a GPU), outputs about 40 dB SI-SNR from
+  fp32's; the default ``"fp32"`` is the exact model.
 
 Which output is the noise: a model trained with ``noise_assignment: fixed``
 has it last. One trained with ``pit`` (the release) may put it on any output,
