@@ -6,7 +6,10 @@ The recipes' ``train.py`` only load the hparams, prepare the data and call
 * TRAIN: speed perturbation of the speakers, mixture re-summed with the noise,
   random crop; separation with C(+1) outputs; per-utterance SI-SNR PIT loss
   plus PCL; utterances below ``threshold`` dropped; non-finite or too large
-  losses skip the step (counted and logged).
+  losses skip the step (counted and logged). The log shows each epoch the
+  PCL term relative to chance (``pcl_vs_chance``, 1.00 = the embeddings tell
+  nothing apart) and, every ``pcl_grad_every`` steps, how strongly PCL
+  pulls on the mask network (``pcl_grad_share``).
 * VALID/TEST: the noise output is assigned as in training and dropped; the
   stage's ``si-snr`` is the negative SI-SNR of the speakers (PIT over C),
   the key checkpoints are kept by.
@@ -51,7 +54,7 @@ class SeparationBrain(sb.Brain):
     ``outputs`` (:class:`nass.outputs.Outputs`), ``use_speedperturb``, ``speed_perturb_speeds``, ``limit_training_signal_len``,
     ``training_signal_len``, ``threshold``, ``threshold_byloss``,
     ``loss_upper_lim``, ``lr_scheduler``, ``train_logger``, ``save_audio``,
-    ``n_audio_to_save``, ``output_folder``, ``sample_rate``.
+    ``n_audio_to_save``, ``output_folder``, ``sample_rate``, ``pcl_grad_every``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -163,6 +166,9 @@ class SeparationBrain(sb.Brain):
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             usable = flag.item() == 0.0
         if usable:
+            every = self.hparams.pcl_grad_every
+            if self.hparams.objective.uses_pcl and every and self.step % every == 1 % every:
+                self._sample_pcl_grad_share(terms, keep)
             self.scaler.scale(loss).backward()
             self.optimizers_step()
             self._track(terms, keep)
@@ -181,6 +187,30 @@ class SeparationBrain(sb.Brain):
         for name in ("separation", "pcl"):
             total, count = self._terms.get(name, (0.0, 0))
             self._terms[name] = (total + terms[name][keep].sum().item(), count + int(keep.sum()))
+        if self.hparams.objective.uses_pcl:
+            total, count = self._terms.get("pcl_chance", (0.0, 0))
+            self._terms["pcl_chance"] = (total + terms["pcl_chance"] * int(keep.sum()),
+                                         count + int(keep.sum()))
+
+    def _sample_pcl_grad_share(self, terms, keep):
+        """Logs ``||d PCL / d masknet|| / ||d separation / d masknet||`` for this step.
+
+        Two extra backward passes through the kept graph (hence only every
+        ``pcl_grad_every`` steps); both terms are scaled alike, so the ratio
+        is that of the unscaled gradients, and gradients are not accumulated
+        into ``.grad``.
+        """
+        params = [p for p in self.separator_module.masknet.parameters() if p.requires_grad]
+        norms = {}
+        for name in ("separation", "pcl"):
+            term = self.scaler.scale(terms[name][keep].float().mean())
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            norms[name] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+        share = (norms["pcl"] / norms["separation"].clamp(min=1e-30)).item()
+        logger.info("step %d: pcl_grad_share %.4g (|grad pcl| / |grad separation| at the "
+                    "mask network)", self.step, share)
+        total, count = self._terms.get("pcl_grad_share", (0.0, 0))
+        self._terms["pcl_grad_share"] = (total + share, count + 1)
 
     def evaluate_batch(self, batch, stage):
         """Speakers' negative SI-SNR averaged over the batch."""
@@ -200,8 +230,14 @@ class SeparationBrain(sb.Brain):
         """Logs, anneals the learning rate and keeps the best checkpoint."""
         stats = {"si-snr": stage_loss}
         if stage == sb.Stage.TRAIN:
-            for name, (total, count) in self._terms.items():
-                stats[f"{name}_loss"] = total / max(count, 1)
+            means = {name: total / max(count, 1) for name, (total, count) in self._terms.items()}
+            for name in ("separation", "pcl"):
+                if name in means:
+                    stats[f"{name}_loss"] = means[name]
+            if means.get("pcl_chance"):
+                stats["pcl_vs_chance"] = means["pcl"] / means["pcl_chance"]
+            if "pcl_grad_share" in means:
+                stats["pcl_grad_share"] = means["pcl_grad_share"]
             stats["skipped_steps"] = self.skipped_steps
             self.train_stats = stats
         elif stage == sb.Stage.VALID:

@@ -18,6 +18,16 @@ separator (a callable ``[1, T] -> [1, T, S]``) on overlapping windows of
   ``LambdaOverlapAdd`` does), which keeps a speaker on the same output from
   the start of the file to its end. With ``fixed_last`` the last output (a
   fixed noise slot) stays where it is and only the others are permuted.
+* A model trained with a scale-invariant loss leaves each output's level
+  (and sign) free, and it can change from window to window. So levels are
+  matched too, before the cross-fade: the first window's outputs are scaled
+  by the least-squares gains that make them add up to the window's mixture;
+  each later window's outputs, once
+  permuted, by the least-squares gain that maps each head onto the previous
+  window's tail over the overlap (that tail being matched already), so the
+  levels carry to the end of the file. An output that is silent over the
+  overlap (a speaker pausing) has no tail to match: it gets the gain that
+  best completes the mixture given the others.
 * Windows are separated one at a time and added into one preallocated
   ``[T, S]`` output, so the memory the separator needs is that of one window
   whatever the input's length; what grows with the length is only the input
@@ -25,6 +35,11 @@ separator (a callable ``[1, T] -> [1, T, S]``) on overlapping windows of
 
 Inputs no longer than ``chunk_size`` go to the separator unchanged, so their
 result is exactly the unchunked one.
+
+How long a window may be is bounded by the model too: SpeechBrain's
+Sepformer adds a positional encoding of at most 2500 positions to its
+sequence of chunks, so it fails on longer inputs; :func:`longest_input`
+says how long, and :class:`nass.inference.Separator` caps its windows there.
 
 Example
 -------
@@ -58,6 +73,9 @@ from nass.pit import align, best_assignment
 # 30 s window) to match outputs reliably, while every sample is separated
 # only 1 / (1 - 0.25) = 1.33 times on average (2 times at 50 %).
 DEFAULT_OVERLAP = 0.25
+# An output this many dB below its level over the window is silent there: too
+# faint for its level to be matched by.
+SILENT_DB = -30.0
 
 
 def plan_windows(length, chunk_size, overlap=DEFAULT_OVERLAP):
@@ -138,15 +156,73 @@ def separate_in_chunks(separate, mixture, chunk_size, overlap=DEFAULT_OVERLAP,
     for index, (start, stop) in enumerate(tqdm(windows, disable=not progress, leave=False,
                                                unit="chunk", desc="chunks")):
         est = separate(mixture[:, start:stop]).detach().cpu()
+        window_mixture = mixture[:, start:stop].to(est.dtype)
         if output is None:
             output = torch.zeros(1, length, est.shape[-1], dtype=est.dtype)
+            est = est * _fit_to_mixture(est, window_mixture, torch.ones(est.shape[-1], dtype=torch.bool),
+                                        torch.ones(est.shape[-1], dtype=torch.float64))
         else:
             est = _match_previous(est, previous_tail, overlap_size, fixed_last)
+            est = _match_level(est, previous_tail, overlap_size, window_mixture)
         weights = crossfade_weights(stop - start, overlap_size, fade_in=index > 0,
                                     fade_out=index < len(windows) - 1)
         output[:, start:stop] += est * weights[None, :, None].to(est.dtype)
         previous_tail = est[:, -overlap_size:]
     return output
+
+
+def longest_input(model):
+    """The most samples ``model`` can separate in one pass, or None when it sets no bound.
+
+    A SpeechBrain ``Dual_Path_Model`` mask net (Sepformer, DPRNN) splits the
+    encoder's ``L`` frames into ``S = 2 * (floor((L + K // 2) / K) + 1)``
+    half-overlapping chunks of ``K`` frames. Its transformer blocks add a
+    positional encoding of ``max_len`` positions (2500 in SpeechBrain) to the
+    sequence of chunks, and, with ``use_global_pos_enc``, to the ``L`` frames,
+    so ``S`` and ``L`` may not exceed it. A model without ``encoder`` and
+    ``masknet``, or whose mask net has no positional encoding (DPRNN), sets no
+    bound.
+
+    >>> from speechbrain.lobes.models.dual_path import (
+    ...     Decoder, Dual_Path_Model, Encoder, SBTransformerBlock)
+    >>> from nass.separator import NoiseAwareSeparator
+    >>> block = lambda: SBTransformerBlock(num_layers=1, d_model=16, nhead=2, d_ffn=16,
+    ...                                    use_positional_encoding=True)
+    >>> sepformer = NoiseAwareSeparator(
+    ...     Encoder(kernel_size=16, out_channels=16),
+    ...     Dual_Path_Model(16, 16, block(), block(), num_layers=1, K=250, num_spks=3),
+    ...     Decoder(in_channels=16, out_channels=1, kernel_size=16, stride=8, bias=False),
+    ...     num_spks=2)
+    >>> longest_input(sepformer) / 8000       # seconds at 8 kHz
+    312.375875
+    """
+    max_len = max_positions(model)
+    if max_len is None or not hasattr(getattr(model, "encoder", None), "conv1d"):
+        return None
+    encoder, masknet = model.encoder, model.masknet
+    chunk = masknet.K
+    # S <= max_len  <=>  floor((L + K // 2) / K) <= max_len // 2 - 1
+    frames = chunk * (max_len // 2) - 1 - chunk // 2
+    if getattr(masknet, "use_global_pos_enc", False):
+        frames = min(frames, max_len)
+    conv = encoder.conv1d
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    # L = floor((T - kernel) / stride) + 1
+    return (frames - 1) * stride + kernel + stride - 1
+
+
+def max_positions(model):
+    """The fewest positions of the positional encodings in ``model.masknet`` (None if none).
+
+    Only a ``Dual_Path_Model``-like mask net (one with chunks of ``K``
+    frames) counts; SpeechBrain's ``PositionalEncoding`` keeps its table as
+    the buffer ``pe`` ``[1, max_len, d]``.
+    """
+    masknet = getattr(model, "masknet", None)
+    if masknet is None or not hasattr(masknet, "K"):
+        return None
+    return min((m.pe.shape[1] for m in masknet.modules()
+                if isinstance(getattr(m, "pe", None), torch.Tensor)), default=None)
 
 
 def _overlap_size(chunk_size, overlap):
@@ -165,3 +241,46 @@ def _match_previous(est, previous_tail, overlap_size, fixed_last):
     loss = -pairwise_si_snr(head, previous_tail.double())
     assignment, _ = best_assignment(loss, fixed_last=fixed_last)
     return align(est, assignment)
+
+
+def _match_level(est, previous_tail, overlap_size, window_mixture):
+    """``est`` ``[1, t, S]`` with each output scaled so its head best fits ``previous_tail``.
+
+    The least-squares gain ``<tail, head> / <head, head>`` of each output;
+    outputs that are silent over the overlap (:data:`SILENT_DB` below their
+    level over the window, in this window or the previous one's tail) get the
+    gains that best complete ``window_mixture`` given the others.
+    """
+    head = est[0, :overlap_size].double()
+    tail = previous_tail[0].double()
+    head_power = head.pow(2).mean(dim=0)
+    tail_power = tail.pow(2).mean(dim=0)
+    window_power = est[0].double().pow(2).mean(dim=0)
+    silent_level = 10 ** (SILENT_DB / 10)
+    matched = ((head_power > silent_level * window_power)
+               & (tail_power > silent_level * window_power) & (head_power > 0))
+    gain = torch.where(matched, (head * tail).mean(dim=0) / head_power.clamp(min=1e-300),
+                       torch.ones_like(head_power))
+    if not matched.all():
+        gain = _fit_to_mixture(est, window_mixture, ~matched, gain)
+    return est * gain.to(est.dtype)
+
+
+def _fit_to_mixture(est, window_mixture, free, gain):
+    """``gain`` ``[S]`` with its ``free`` entries set so ``sum_k gain_k est_k`` best fits the mixture.
+
+    Outputs that are silent over the whole window keep their gain; if the
+    least-squares gains are not all finite and non-zero (outputs too alike to
+    tell apart), ``gain`` is returned unchanged.
+    """
+    outputs = est[0].double()
+    free = free & (outputs.pow(2).sum(dim=0) > 0)
+    if not free.any():
+        return gain.to(est.dtype)
+    residual = window_mixture[0].double() - outputs[:, ~free] @ gain[~free].double()
+    solution = torch.linalg.lstsq(outputs[:, free], residual[:, None]).solution[:, 0]
+    if not (torch.isfinite(solution).all() and (solution != 0).all()):
+        return gain.to(est.dtype)
+    gain = gain.clone().double()
+    gain[free] = solution
+    return gain.to(est.dtype)

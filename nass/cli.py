@@ -4,11 +4,15 @@
 ``x.wav``, ``x_spk1.wav .. x_spkC.wav`` and ``x_noise.wav`` (when the model
 has a noise output) beside it or into ``--out-dir``: 32-bit float WAV at the
 input's sample rate and length, holding the model's values unchanged unless
-``--normalize``. ``--precision bf16`` (or ``fp16`` on CUDA) runs the mask
-network in half precision (:mod:`nass.precision`); the default is fp32.
-Options it does not know, like ``--num_spks 3``, are HyperPyYAML overrides
-of the hparams file, as on a recipe's command line; they must describe the
-trained model.
+``--normalize``, and ``x_sources.json``: which model output each file holds,
+how the noise output was chosen and its scores (see
+:class:`nass.inference.Sources`), and the checkpoint. When the choice of the
+noise output is close, one line on stderr names the input; ``--noise-output
+K`` makes model output ``K`` the noise instead. ``--precision bf16`` (or
+``fp16`` on CUDA) runs the mask network in half precision
+(:mod:`nass.precision`); the default is fp32. Options it does not know,
+like ``--num_spks 3``, are HyperPyYAML overrides of the hparams file, as on
+a recipe's command line; they must describe the trained model.
 
 An input that cannot be separated (missing, unreadable, empty, shorter than
 the encoder's kernel, all zero, or whose outputs exist without
@@ -42,6 +46,8 @@ from nass.inference import (
     Separator,
     output_paths,
     read_audio,
+    report_path,
+    save_report,
     save_sources,
 )
 from nass.plot import find_outputs, plot_spectrograms
@@ -122,24 +128,44 @@ def separate_command(args, overrides):
         _error(f"cannot load the model: {err}")
         return EXIT_FAILED
     print(f"nass separate: using checkpoint {separator.checkpoint}")
+    if separator.window_note:
+        _error(separator.window_note, level="note")
+    if args.noise_output is not None:
+        n_out = len(separator.source_names)
+        if not separator.outputs.noise_output:
+            _error("--noise-output: the model has no noise output")
+            return EXIT_FAILED
+        if not 0 <= args.noise_output < n_out:
+            _error(f"--noise-output must be a model output from 0 to {n_out - 1}, "
+                   f"got {args.noise_output}")
+            return EXIT_FAILED
     failed = 0
     for path in tqdm(args.inputs, disable=None, unit="file", desc="files"):
         paths = output_paths(path, separator.source_names, args.out_dir)
+        sidecar = report_path(path, args.out_dir)
         try:
-            existing = [p.name for p in paths.values() if p.exists()]
+            existing = [p.name for p in [*paths.values(), sidecar] if p.exists()]
             if existing and not args.overwrite:
                 verb = "exists" if len(existing) == 1 else "exist"
                 raise FileExistsError(
                     f"{', '.join(existing)} already {verb} (use --overwrite to replace)"
                 )
             waveform, sample_rate = read_audio(path)
-            sources = separator.separate_tensor(waveform, sample_rate)
+            sources = separator.separate_tensor(waveform, sample_rate,
+                                                noise_output=args.noise_output)
             save_sources(sources, sample_rate, paths, overwrite=args.overwrite,
                          normalize=args.normalize)
+            save_report(sources.report, path, paths, sidecar)
         except (AudioInputError, OSError, RuntimeError) as err:
             failed += 1
             _error(f"{path}: {err}")
         else:
+            if sources.report["close"]:
+                noise = sources.report["outputs"]["noise"]
+                scores = ", ".join(f"{v:.2f}" for v in sources.report["noise_scores"])
+                _error(f"{path}: close call which output is the noise: model output {noise} "
+                       f"was taken (one-voice scores {scores}; see {sidecar}); to choose "
+                       f"another, rerun with --noise-output K --overwrite", level="warning")
             tqdm.write(f"{path} -> {', '.join(str(p) for p in paths.values())}")
     if failed:
         _error(f"{failed} of {len(args.inputs)} input(s) failed")
@@ -190,8 +216,8 @@ def _without_torchvision_warning(record):
     return "torchvision" not in record.getMessage()
 
 
-def _error(message, command="separate"):
-    tqdm.write(f"nass {command}: error: {message}", file=sys.stderr)
+def _error(message, command="separate", level="error"):
+    tqdm.write(f"nass {command}: {level}: {message}", file=sys.stderr)
 
 
 def _parser():
@@ -224,7 +250,12 @@ def _parser():
         separate.add_argument("--chunk-seconds", type=float, metavar="S",
                               help=f"separate longer inputs in windows of S seconds "
                                    f"overlapping by {DEFAULT_OVERLAP * 100:.0f}%% "
-                                   f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass)"),
+                                   f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass; "
+                                   f"capped at the longest input the model can take)"),
+        separate.add_argument("--noise-output", type=int, metavar="K",
+                              help="call model output K (0-based, as listed in "
+                                   "<input>_sources.json) the noise, instead of the one "
+                                   "identified"),
         separate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)"),
         separate.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                               help="fp32: the exact model (default); bf16: the mask network's "

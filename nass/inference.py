@@ -21,10 +21,12 @@ float tensors at the input's sample rate and length:
 
 Which output is the noise: a model trained with ``noise_assignment: fixed``
 has it last. One trained with ``pit`` (the release) may put it on any output,
-so :func:`pick_noise` takes the output that is least like speech by
-:func:`speech_likeness`: how much spectral structure (harmonics, formants)
-each frame has once the signal's average colour is removed; noise, steady or
-bursty, has next to none.
+so :func:`nass.noise_id.identify_noise` takes the output that sounds least
+like one voice (re-exported here: :func:`pick_noise`, :func:`speech_likeness`).
+The sources returned are :class:`Sources`: an ordered dict that also says
+which model output each source came from, the noise scores and whether the
+choice was close (:attr:`Sources.report`, written by ``nass separate`` as
+``<stem>_sources.json``); ``noise_output=K`` overrides the choice.
 
 Example
 -------
@@ -43,6 +45,7 @@ Example
 {'spk1': (16000,), 'spk2': (16000,), 'noise': (16000,)}
 """
 
+import json
 import logging
 import math
 import os
@@ -58,7 +61,8 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from nass.checkpoints import check_fit, checkpoint_to_evaluate, load_state
-from nass.chunking import DEFAULT_OVERLAP, separate_in_chunks
+from nass.chunking import DEFAULT_OVERLAP, longest_input, max_positions, separate_in_chunks
+from nass.noise_id import identify_noise, pick_noise, speech_likeness  # noqa: F401 (re-exported)
 from nass.outputs import Outputs
 from nass.precision import precision_dtype, set_precision
 
@@ -74,13 +78,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_SECONDS = 30.0
 # Peak of a normalised output: a little headroom, as the recipe's saved audio.
 NORMALIZED_PEAK = 0.9
-# speech_likeness frames: 64 ms resolve the harmonics of low voices (16 Hz bins).
-FRAME_SECONDS = 0.064
-# Power floor relative to a signal's mean power (-60 dB): keeps the logs of
-# digital silence finite.
-POWER_FLOOR = 1e-6
-
-
 class AudioInputError(ValueError):
     """An input that cannot be separated: missing, unreadable, empty, too short, silent."""
 
@@ -105,78 +102,20 @@ def read_audio(path):
     return torch.from_numpy(data.T.copy()), int(sample_rate)
 
 
-def speech_likeness(signal, sample_rate):
-    """How far the spectrum of each frame is from flat, once the signal's own colour is removed.
+class Sources(OrderedDict):
+    """``{"spk1": [T], .., "noise": [T]}``, with :attr:`report` saying how they were named.
 
-    The power spectrogram ``P[f, t]`` (64 ms Hann frames, 32 ms hop) is
-    whitened by the signal's average spectrum, ``W = P / mean_t P``, and each
-    frame scores ``log(mean_f W) - mean_f log(W)``, the log-ratio of the
-    arithmetic to the geometric mean of its bins (0 for a flat frame); the
-    result is the mean over frames. Noise of any colour, steady or bursty,
-    whitens to bins of exponentially distributed power in every frame, which
-    scores Euler's constant (about 0.58); speech, whose harmonics, formants
-    and voicing change from frame to frame (and music), scores well above 1.
-
-    Chosen by measuring the project's real recordings (read speech, musical
-    tones, two real noises; also with the sources leaking into each other at
-    -3 dB) and 100 synthetic mixtures (:mod:`nass.data.synthetic`), where it
-    scored every noise lowest with at least 15 % to spare. Syllable-rate
-    (2-8 Hz) modulation misses steady tones; how far each frequency band is
-    from stationary over time is fooled by noise bursts (6-11 % of the
-    synthetic mixtures wrong); 32 ms frames cannot resolve the harmonics of
-    low voices.
-
-    Arguments
-    ---------
-    signal : torch.Tensor
-        ``[T]``.
-    sample_rate : int
-
-    Returns
-    -------
-    float
-
-    Example
-    -------
-    Noise scores about 0.58, bursty or not; a voice gliding in pitch (its
-    harmonics move from frame to frame) scores far higher:
-
-    >>> g = torch.Generator().manual_seed(0)
-    >>> noise = torch.randn(16000, generator=g)
-    >>> bursts = noise * (torch.arange(16000) // 1600 % 2)            # on 0.2 s, off 0.2 s
-    >>> t = torch.arange(16000) / 8000
-    >>> f0 = 150 + 30 * torch.sin(2 * torch.pi * 1.5 * t)              # intonation, Hz
-    >>> phase = 2 * torch.pi * torch.cumsum(f0, dim=0) / 8000
-    >>> voice = sum(torch.sin(k * phase) / k for k in range(1, 20))   # 19 harmonics
-    >>> [round(speech_likeness(x, 8000), 1) for x in (noise, bursts, voice)]
-    [0.6, 0.4, 3.0]
+    ``report`` is a JSON-ready dict: ``outputs`` (``{name: model output
+    index}``), ``noise`` (how the noise output was chosen: ``"identified"``,
+    ``"fixed"`` (the model's last) or ``"given"`` (``noise_output``)),
+    ``noise_scores`` (per model output, higher: more like one voice; None
+    unless identified), ``noise_probabilities``, ``close`` (the runner-up was
+    near), and ``checkpoint``.
     """
-    frame = max(2, round(FRAME_SECONDS * sample_rate))
-    # float32 and in-place steps: a long recording's spectrogram is the largest
-    # thing held here, about 4 bytes per sample.
-    power = torch.stft(
-        signal.float(), n_fft=frame, hop_length=frame // 2, window=torch.hann_window(frame),
-        center=True, pad_mode="constant", return_complex=True,
-    ).abs().pow_(2)
-    power += POWER_FLOOR * power.mean() + torch.finfo(power.dtype).tiny
-    power /= power.mean(dim=1, keepdim=True)
-    per_frame = power.mean(dim=0).log() - power.log_().mean(dim=0)
-    return float(per_frame.double().mean())
 
-
-def pick_noise(outputs, sample_rate):
-    """Index of the output ``[T, S]`` least like speech (see :func:`speech_likeness`).
-
-    >>> t = torch.arange(16000) / 8000
-    >>> noise = torch.randn(16000, generator=torch.Generator().manual_seed(1))
-    >>> def voice(f0):                                   # a gliding pitch, 19 harmonics
-    ...     phase = 2 * torch.pi * torch.cumsum(f0 + 0.2 * f0 * torch.sin(3 * t), dim=0) / 8000
-    ...     return sum(torch.sin(k * phase) / k for k in range(1, 20))
-    >>> pick_noise(torch.stack([voice(110), noise, voice(190)], dim=-1), 8000)
-    1
-    """
-    scores = [speech_likeness(outputs[:, k], sample_rate) for k in range(outputs.shape[-1])]
-    return min(range(len(scores)), key=scores.__getitem__)
+    def __init__(self, items=(), report=None):
+        super().__init__(items)
+        self.report = report or {}
 
 
 class Separator:
@@ -190,10 +129,14 @@ class Separator:
     sample_rate : int
         The rate the model was trained at.
     noise_assignment : str
-        ``"fixed"``: the last output is the noise; ``"pit"``: :func:`pick_noise` finds it.
+        ``"fixed"``: the last output is the noise; ``"pit"``:
+        :func:`nass.noise_id.identify_noise` finds it.
     chunk_seconds : float, optional
         Window length for long inputs (:mod:`nass.chunking`);
         :data:`DEFAULT_CHUNK_SECONDS` when None, ``math.inf`` for one pass.
+        Either is capped at the longest input the model can take
+        (:func:`nass.chunking.longest_input`); when a length the caller
+        asked for is capped, ``window_note`` says so (and it is logged).
     device : str or torch.device
         Where the model runs; inputs and outputs stay on the CPU.
     checkpoint : Path, optional
@@ -217,7 +160,8 @@ class Separator:
         self.checkpoint = checkpoint
         self.progress = progress
         self.chunk_seconds = DEFAULT_CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
-        self.chunk_size = self._chunk_size(self.chunk_seconds)
+        self.window_note = None
+        self.chunk_size = self._chunk_size(self.chunk_seconds, asked=chunk_seconds is not None)
 
     @classmethod
     def from_hparams(cls, hparams_file, checkpoint, overrides=None, device="cpu",
@@ -284,28 +228,38 @@ class Separator:
         """``["spk1", .., "spkC"]``, then ``"noise"`` when the model has a noise output."""
         return self.outputs.source_names
 
-    def separate_file(self, path):
+    def separate_file(self, path, noise_output=None):
         """Separates an audio file; the sources are at the file's sample rate and length.
 
         Raises :class:`AudioInputError`, naming the file, for a missing,
-        unreadable, empty, silent or too short file.
+        unreadable, empty, silent or too short file. ``noise_output`` as in
+        :meth:`separate_tensor`.
         """
         try:
-            return self.separate_tensor(*read_audio(path))
+            return self.separate_tensor(*read_audio(path), noise_output=noise_output)
         except AudioInputError as err:
             raise AudioInputError(f"{path}: {err}") from None
 
     # no_grad, not inference_mode: tensors made here may be cached (the PIT
     # permutations of the window matching) and later used by training.
     @torch.no_grad()
-    def separate_tensor(self, waveform, sample_rate):
+    def separate_tensor(self, waveform, sample_rate, noise_output=None):
         """Separates ``waveform`` (``[T]`` or ``[channels, T]``) recorded at ``sample_rate``.
+
+        Arguments
+        ---------
+        waveform : torch.Tensor
+        sample_rate : int
+        noise_output : int, optional
+            The model output (0-based, as in ``report["outputs"]``) to call
+            the noise, instead of the one identified (or the last, for a
+            ``fixed`` model).
 
         Returns
         -------
-        collections.OrderedDict
+        Sources
             ``{"spk1": [T], .., "noise": [T]}`` float32 CPU tensors at
-            ``sample_rate``, as long as the input.
+            ``sample_rate``, as long as the input, and their ``report``.
         """
         mono = self._mono(torch.as_tensor(waveform, dtype=torch.float32).cpu())
         sample_rate = self._check_rate(sample_rate)
@@ -323,28 +277,61 @@ class Separator:
             outputs = separate_in_chunks(self._run_model, resampled[None], self.chunk_size,
                                          fixed_last=self.outputs.fixed_noise,
                                          progress=self.progress)[0]
-        outputs = outputs[:, self._output_order(outputs)]
+        order, report = self._output_order(outputs, noise_output)
+        outputs = outputs[:, order]
         back = self._resample(outputs.T.contiguous(), self.sample_rate, sample_rate)
         back = _fit_length(back, mono.shape[-1])
-        return OrderedDict(zip(self.source_names, back.float().unbind(0)))
+        return Sources(zip(self.source_names, back.float().unbind(0)), report)
 
     def _run_model(self, mixture):
         return self.model(mixture.to(self.device)).float().cpu()
 
-    def _output_order(self, outputs):
-        """Output indices in the order speakers, then noise."""
+    def _output_order(self, outputs, noise_output=None):
+        """Output indices in the order speakers, then noise; and the report of :class:`Sources`."""
         n_out = outputs.shape[-1]
+        report = {"noise": None, "noise_scores": None, "noise_probabilities": None,
+                  "close": False, "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+        if noise_output is not None:
+            if not self.outputs.noise_output:
+                raise ValueError("noise_output was given but the model has no noise output")
+            if not (isinstance(noise_output, int) and 0 <= noise_output < n_out):
+                raise ValueError(f"noise_output must be an output index from 0 to {n_out - 1}, "
+                                 f"got {noise_output!r}")
         if not self.outputs.noise_output:
-            return list(range(n_out))
-        noise = n_out - 1 if self.outputs.fixed_noise else pick_noise(outputs, self.sample_rate)
-        return [k for k in range(n_out) if k != noise] + [noise]
+            order = list(range(n_out))
+        else:
+            if noise_output is not None:
+                noise, report["noise"] = noise_output, "given"
+            elif self.outputs.fixed_noise:
+                noise, report["noise"] = n_out - 1, "fixed"
+            else:
+                choice = identify_noise(outputs, self.sample_rate)
+                noise, report["noise"] = choice.index, "identified"
+                report.update(noise_scores=[round(v, 4) for v in choice.scores],
+                              noise_probabilities=[round(v, 4) for v in choice.probabilities],
+                              close=choice.close)
+            order = [k for k in range(n_out) if k != noise] + [noise]
+        report["outputs"] = dict(zip(self.source_names, order))
+        return order, report
 
-    def _chunk_size(self, chunk_seconds):
+    def _chunk_size(self, chunk_seconds, asked=True):
         if not chunk_seconds > 0:
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
-        if math.isinf(chunk_seconds):
+        size = None if math.isinf(chunk_seconds) else round(chunk_seconds * self.sample_rate)
+        longest = longest_input(self.model)
+        if longest is not None and (size is None or size > longest):
+            size = longest
+            note = (f"windows capped at {longest / self.sample_rate:.2f} s instead of "
+                    f"{chunk_seconds:g} s: the model cannot separate more in one pass (its "
+                    f"positional encoding covers at most {max_positions(self.model)} chunks of "
+                    f"{self.model.masknet.K} frames)")
+            if asked:
+                self.window_note = note
+                logger.warning(note)
+            else:
+                logger.info(note)
+        if size is None:
             return None
-        size = round(chunk_seconds * self.sample_rate)
         # Every window, the last included, is longer than the overlap, and
         # must be at least one encoder kernel long.
         if round(size * DEFAULT_OVERLAP) < self.model.kernel_size:
@@ -424,6 +411,38 @@ def output_paths(input_path, source_names, out_dir=None):
     input_path = Path(input_path)
     folder = Path(out_dir) if out_dir is not None else input_path.parent
     return OrderedDict((name, folder / f"{input_path.stem}_{name}.wav") for name in source_names)
+
+
+def report_path(input_path, out_dir=None):
+    """``<out_dir>/<input stem>_sources.json``, beside the outputs of :func:`output_paths`.
+
+    >>> str(report_path("rec/talk.flac", "out"))
+    'out/talk_sources.json'
+    """
+    input_path = Path(input_path)
+    folder = Path(out_dir) if out_dir is not None else input_path.parent
+    return folder / f"{input_path.stem}_sources.json"
+
+
+def save_report(report, input_path, paths, path):
+    """Writes ``report`` (:attr:`Sources.report`) as JSON to ``path``, atomically.
+
+    The ``outputs`` entry lists, per source, the file it was written to
+    (``paths``, from :func:`output_paths`) and the model output it holds.
+    """
+    data = dict(report, input=str(input_path), outputs={
+        name: {"file": Path(paths[name]).name, "model_output": index}
+        for name, index in report["outputs"].items()})
+    text = json.dumps(data, indent=2) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
 
 
 def save_sources(sources, sample_rate, paths, overwrite=False, normalize=False):

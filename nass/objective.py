@@ -28,7 +28,7 @@ import torch
 
 from nass.metrics import pairwise_si_snr
 from nass.outputs import Outputs
-from nass.pcl import PatchNCELoss, pcl_loss
+from nass.pcl import PatchNCELoss, chance_level, pcl_loss
 from nass.pit import align, best_assignment
 
 
@@ -115,14 +115,17 @@ class NASSObjective:
         lengths : torch.Tensor, optional
             Valid samples per utterance ``[B]``.
         patch_sampler : torch.nn.Module, optional
-            The trained :class:`nass.pcl.PatchSampler` (as the Brain holds it,
-            DDP wrapper included), needed for PCL.
+            The trained :class:`nass.pcl.PatchSampler` or
+            :class:`nass.pcl.FramePatchSampler` (as the Brain holds it, DDP
+            wrapper included), needed for PCL.
 
         Returns
         -------
         dict
-            ``loss``, ``separation``, ``pcl`` (each ``[B]``) and
-            ``assignment`` ``[B, C(+1)]`` (output index for each target).
+            ``loss``, ``separation``, ``pcl`` (each ``[B]``),
+            ``assignment`` ``[B, C(+1)]`` (output index for each target) and
+            ``pcl_chance`` (float: the PCL term at chance, ``weight * ln K``;
+            0 without PCL).
         """
         assignment, separation = self.assign(estimates, targets, lengths)
         if self.uses_pcl:
@@ -139,13 +142,17 @@ class NASSObjective:
                 self.pcl_num_patches,
                 self.pcl_weight,
             )
+            sampler = getattr(patch_sampler, "module", patch_sampler)  # without DDP's wrapper
+            chance = chance_level(sampler, self.pcl_num_patches, self.pcl_weight,
+                                  *sep_reps.shape[-2:])
         else:
-            pcl = torch.zeros_like(separation)
+            pcl, chance = torch.zeros_like(separation), 0.0
         return {
             "loss": separation + pcl,
             "separation": separation,
             "pcl": pcl,
             "assignment": assignment,
+            "pcl_chance": chance,
         }
 
     def _check(self, estimates, targets):

@@ -58,7 +58,7 @@ def test_outputs_are_float_wavs_holding_the_apis_values(checkpoint, tmp_path, ca
     assert f"using checkpoint {api.checkpoint}" in stdout
     expected = api.separate_file(tmp_path / "talk.wav")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "talk_noise.wav", "talk_spk1.wav", "talk_spk2.wav"]
+        "talk_noise.wav", "talk_sources.json", "talk_spk1.wav", "talk_spk2.wav"]
     for name, signal in expected.items():
         path = tmp_path / "out" / f"talk_{name}.wav"
         info = sf.info(path)

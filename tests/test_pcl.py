@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nass.pcl import PatchNCELoss, PatchSampler, pcl_loss
+from nass.pcl import (
+    FramePatchSampler, PatchNCELoss, PatchSampler, chance_level, make_patch_sampler, pcl_loss,
+)
 
 RELEASE_KEYS = [
     "conv.0.weight", "conv.0.bias", "conv.2.weight", "conv.2.bias",
@@ -205,3 +207,105 @@ def test_pcl_runs_under_bf16_autocast_on_cpu():
     low.sum().backward()
     assert est.grad is not None and torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
     assert sampler.mlp[2].weight.grad is not None
+
+
+# ---- frame patches (pcl_patch: frame) --------------------------------------------------------
+
+
+def test_frame_sampler_embeds_normalised_frames_through_the_mlp():
+    torch.manual_seed(9)
+    sampler = FramePatchSampler(num_channels=6, proj_dim=5, window=2)
+    assert sorted(sampler.state_dict()) == ["mlp.0.bias", "mlp.0.weight", "mlp.2.bias", "mlp.2.weight"]
+    rep = torch.rand(2, 6, 12)
+    ids = torch.tensor([0, 4, 10])
+    feats, got_ids = sampler([rep, 3.0 * rep], num_patches=3, patch_ids=ids)
+    assert got_ids.tolist() == [0, 4, 10]
+    # Written out: windows of 2 frames ([N, 2] flattened), L2-normalised, MLP, L2-normalised.
+    windows = torch.stack([rep[:, :, i:i + 2].reshape(2, 12) for i in ids], dim=1)
+    expected = F.normalize(sampler.mlp(F.normalize(windows, dim=-1, eps=1e-7)), dim=-1)
+    torch.testing.assert_close(feats[0], expected, atol=1e-5, rtol=1e-5)
+    # Loudness does not matter, only which channels are active.
+    torch.testing.assert_close(feats[1], feats[0], atol=1e-5, rtol=1e-5)
+    assert sampler.num_positions(6, 12) == 11
+
+
+def test_frame_sampler_centring_removes_the_mean_over_time():
+    sampler = FramePatchSampler(num_channels=4, proj_dim=3, centre=True)
+    rep = torch.rand(1, 4, 9)
+    shifted = rep + torch.rand(1, 4, 1)      # a per-channel offset, constant over time
+    ids = torch.arange(9)
+    a, _ = sampler([rep], 9, ids)
+    b, _ = sampler([shifted], 9, ids)
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+
+
+def test_frame_sampler_refuses_wrong_channels_and_ids():
+    sampler = FramePatchSampler(num_channels=8, proj_dim=4, window=3)
+    with pytest.raises(ValueError, match=r"expected N = 8 channels"):
+        sampler([torch.rand(1, 7, 20)], num_patches=4)
+    with pytest.raises(ValueError, match=r"patch_ids must lie in \[0, 18\)"):
+        sampler([torch.rand(1, 8, 20)], num_patches=4, patch_ids=torch.tensor([18]))
+    with pytest.raises(ValueError, match="pcl_patch must be one of"):
+        make_patch_sampler("pixel", proj_dim=4, num_channels=8)
+
+
+def _masknet_and_reps(n_channels=16, n_frames=60, seed=10):
+    """A stand-in mask network (one conv) on ReLU encoder frames, as the separator has it."""
+    torch.manual_seed(seed)
+    w = torch.rand(2, n_channels, n_frames)                       # Enc(mix), non-negative
+    masknet = torch.nn.Conv1d(n_channels, 3 * n_channels, 3, padding=1)
+    masks = torch.sigmoid(masknet(w)).reshape(2, 3, n_channels, n_frames).transpose(0, 1)
+    clean = torch.rand(2, 2, n_channels, n_frames)
+    return masknet, masks * w, clean
+
+
+def test_frame_pcl_gives_the_mask_network_finite_nonzero_gradients():
+    masknet, est, clean = _masknet_and_reps()
+    sampler = make_patch_sampler("frame", proj_dim=8, num_channels=16)
+    assignment = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    loss = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, num_patches=32, weight=2.0)
+    loss.sum().backward()
+    for param in masknet.parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all()
+        assert param.grad.abs().max() > 1e-6
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in sampler.parameters())
+
+
+def test_scalar_is_still_the_reference_sampler():
+    """``pcl_patch: scalar`` builds the sampler the reference-value tests above pin."""
+    sampler = make_patch_sampler("scalar", proj_dim=32, num_channels=256)
+    assert type(sampler) is PatchSampler
+    state = release_style_state(32, seed=5)
+    sampler.load_state_dict(state, strict=True)
+    g = torch.Generator().manual_seed(6)
+    est_spk, clean, est_noise = (torch.randn(1, 16, 50, generator=g).relu() for _ in range(3))
+    ids = torch.randperm(12 * 46, generator=g)[:64]
+    feats, _ = sampler([est_spk, clean, est_noise], num_patches=64, patch_ids=ids)
+    q, p, n = (reference_features(state, r, ids) for r in (est_spk, clean, est_noise))
+    torch.testing.assert_close(PatchNCELoss(0.07)(*feats)[0].double(), reference_nce(q, p, n),
+                               atol=1e-4, rtol=0)
+
+
+def test_chance_level_is_the_loss_of_equal_logits():
+    # Identical embeddings everywhere: every logit is 1 / tau, the loss is ln K per patch.
+    feats = F.normalize(torch.ones(1, 16, 4), dim=-1)
+    per_patch = PatchNCELoss()(feats, feats, feats)
+    torch.testing.assert_close(per_patch, torch.full((1, 16), math.log(16)))
+    assert chance_level(FramePatchSampler(8, 4), 16, 2.0, 8, 100) == pytest.approx(2 * math.log(16))
+    # Fewer positions than patches asked for: K_effective is the number of positions.
+    assert chance_level(PatchSampler(4), 256, 2.0, 6, 7) == pytest.approx(2 * math.log(6))
+    assert chance_level(FramePatchSampler(8, 4, window=3), 256, 1.0, 8, 10) == pytest.approx(math.log(8))
+
+
+def test_frame_pcl_runs_under_bf16_autocast_on_cpu():
+    masknet, est, clean = _masknet_and_reps(seed=11)
+    sampler = make_patch_sampler("frame", proj_dim=8, num_channels=16)
+    assignment = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    ids = torch.randperm(60)[:32]
+    ref = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
+    low.sum().backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().max() > 0 for p in masknet.parameters())
