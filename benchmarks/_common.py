@@ -141,6 +141,8 @@ def machine_summary():
 
         threads = torch.get_num_threads()
         parts.append(f"torch {torch.__version__} ({threads} thread{'s' * (threads != 1)})")
+        if torch.cuda.is_available():
+            parts.append(f"GPU {torch.cuda.get_device_name()}")
     return ", ".join(parts)
 
 

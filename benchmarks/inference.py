@@ -1,7 +1,9 @@
-"""``nass separate`` on long recordings: wall time, real-time factor and peak memory.
+"""``nass separate`` on long recordings, and the model's fast paths side by side.
 
     python benchmarks/inference.py                       # 1, 2, 5 and 10 minutes
-    python benchmarks/inference.py --minutes 1 10 --chunk-seconds 8
+    python benchmarks/inference.py --minutes 1 10 --chunk-seconds 8 --precision bf16
+    python benchmarks/inference.py --compare             # attention and precision, one window
+    python benchmarks/inference.py --agreement a.wav b.wav   # nass separate bf16 vs fp32
 
 The model is the release-size Sepformer-NASS of ``sepformer-libri2mix.yaml``
 with random weights (a checkpoint is written to a temporary folder): speed and
@@ -13,10 +15,36 @@ each figure covers model loading, reading, separating and writing.
 
 The last line is ``rtf_10min=<wall / audio seconds> peak_rss_mib_10min=<MiB>``
 (for the longest length run).
+
+``--compare`` runs the model itself (no files) on one window of the same
+recording (``--window-seconds``, 30 by default: ``nass separate``'s window),
+in one process, the variants alternating repetition by repetition after
+one warm-up each:
+
+a. SpeechBrain's attention as shipped, fp32 (``fused_attention: False``);
+b. the exact fused path, fp32 (:mod:`nass.attention`, the recipes' default);
+c. bf16 (:func:`nass.precision.set_precision` on b);
+d. optionally (``--extra``): ``int8``, b with its linear layers dynamically
+   quantised to int8 (CPU only); ``compile``, b through ``torch.compile``;
+f. on CUDA (``--device cuda``), also fp16.
+
+All variants have the same weights. It prints the CPU's bf16/AMX features,
+a table of medians, speedups over (a) and each variant's agreement with (a)
+(largest absolute difference; lowest SI-SNR over the outputs, in dB), and
+the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
+speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``.
+
+``--agreement FILE...`` runs ``nass separate`` (same random-weight model,
+default window) with ``--precision fp32`` and with ``bf16`` on each file,
+and prints every output's SI-SNR of bf16 against fp32, the wall time and
+peak memory of each process; last line ``agreement_bf16_db=<min over files
+and outputs>``.
 """
 
 import argparse
+import copy
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,13 +54,25 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from _common import REPO_ROOT, format_table, last_line, machine_summary, use_checkout
+from _common import (
+    REPO_ROOT,
+    format_table,
+    interleave,
+    last_line,
+    machine_summary,
+    paired_ratio,
+    use_checkout,
+)
 
 use_checkout()
 
+import torch  # noqa: E402
+from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
+
 import nass  # noqa: E402
 from nass.inference import load_model  # noqa: E402
-from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
+from nass.metrics import si_snr  # noqa: E402
+from nass.precision import set_precision  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -54,10 +94,11 @@ def long_mixture(minutes, seed=0):
     return (0.9 * mix / np.abs(mix).max()).astype(np.float32)
 
 
-def run_separate(wav, checkpoint, out_dir, chunk_seconds):
+def run_separate(wav, checkpoint, out_dir, chunk_seconds, precision="fp32"):
     """Wall seconds and peak RSS (MiB) of one ``nass separate`` process."""
     cmd = [sys.executable, "-m", "nass.cli", "separate", "--hparams", str(HPARAMS),
-           "--checkpoint", str(checkpoint), "--out-dir", str(out_dir), "--overwrite", str(wav)]
+           "--checkpoint", str(checkpoint), "--out-dir", str(out_dir), "--overwrite",
+           "--precision", precision, str(wav)]
     if chunk_seconds is not None:
         cmd += ["--chunk-seconds", str(chunk_seconds)]
     start = time.perf_counter()
@@ -69,24 +110,170 @@ def run_separate(wav, checkpoint, out_dir, chunk_seconds):
     return wall, usage.ru_maxrss / 1024
 
 
+# /proc/cpuinfo flags that decide how fast bf16 (and int8) matmuls are.
+CPU_FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "avx512f", "avx512_bf16", "avx512_vnni",
+                "avx512_fp16", "avx_vnni")
+
+
+def cpu_features():
+    """``{flag: present}`` for :data:`CPU_FEATURES`, from /proc/cpuinfo (all False elsewhere)."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fin:
+            for line in fin:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {name: name in flags for name in CPU_FEATURES}
+
+
+def compare_variants(extra, device, seed=0):
+    """``{name: model}``: (a) SpeechBrain's attention, (b) fused, (c) bf16, then the others.
+
+    On CUDA, fp16 is one of the others.
+    """
+    torch.manual_seed(seed)
+    shipped = load_model(HPARAMS, {"fused_attention": False}).eval().to(device)
+    fused = load_model(HPARAMS).eval().to(device)
+    fused.load_state_dict(shipped.state_dict(), strict=True)
+    variants = {
+        "a: SpeechBrain attention, fp32": shipped,
+        "b: fused attention, fp32": fused,
+        "c: fused attention, bf16": set_precision(copy.deepcopy(fused), "bf16"),
+    }
+    if device.type == "cuda":
+        variants["f: fused attention, fp16"] = set_precision(copy.deepcopy(fused), "fp16")
+    if "int8" in extra:
+        variants["d: fused, int8 dynamic linear"] = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(fused), {torch.nn.Linear}, dtype=torch.qint8
+        )
+    if "compile" in extra:
+        variants["e: fused, torch.compile"] = torch.compile(copy.deepcopy(fused))
+    return variants
+
+
+def compare(args):
+    """Times the variants on one window, alternating; prints the table and the last line."""
+    features = cpu_features()
+    print("CPU features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items())
+          + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    device = torch.device(args.device)
+    window = torch.from_numpy(long_mixture(args.window_seconds / 60))[None].to(device)
+    variants = compare_variants(args.extra, device)
+    print(f"release-size Sepformer-NASS (random weights), one {args.window_seconds:g} s window "
+          f"at {RATE} Hz, {device}; {args.reps} alternating repetitions after "
+          f"{args.warmup} warm-up(s) each", flush=True)
+
+    def runner(model):
+        def run():
+            with torch.no_grad():
+                return model(window).float().cpu()
+        return run
+
+    def progress(rep, seconds):
+        times = ", ".join(f"{name.split(':')[0]} {s:.1f} s" for name, s in seconds.items())
+        print(f"  rep {rep + 1}/{args.reps}: {times}", file=sys.stderr, flush=True)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    timing = interleave({name: runner(m) for name, m in variants.items()}, args.reps,
+                        warmup=args.warmup, sync=sync, progress=progress)
+    names = list(variants)
+    base_times, base_out = timing.seconds[names[0]], timing.results[names[0]]
+    rows, agreement = [], {}
+    for name in names:
+        out = timing.results[name]
+        max_diff = float((out - base_out).abs().max())
+        agreement[name] = (max_diff, float(si_snr(out[0].T, base_out[0].T).min()))
+        rows.append([name, f"{statistics.median(timing.seconds[name]):.2f}",
+                     f"{min(timing.seconds[name]):.2f}",
+                     f"{paired_ratio(base_times, timing.seconds[name]):.2f}",
+                     f"{max_diff:.2e}", f"{agreement[name][1]:.1f}" if name != names[0] else "-"])
+    print(format_table(["variant", "median s", "min s", "speedup vs a", "max |x-a|",
+                        "min SI-SNR vs a dB"], rows))
+    print("speedup: median over repetitions of a's time / the variant's, run side by side")
+    print(last_line(
+        speedup_exact=paired_ratio(base_times, timing.seconds[names[1]]),
+        max_abs_diff_exact=f"{agreement[names[1]][0]:.2e}",
+        speedup_bf16=paired_ratio(base_times, timing.seconds[names[2]]),
+        agreement_bf16_db=agreement[names[2]][1],
+    ))
+
+
+def agreement(args, checkpoint, out_dir):
+    """``nass separate`` in fp32 and bf16 on ``args.agreement``: SI-SNR of bf16 vs fp32 per output."""
+    rows, worst = [], float("inf")
+    for wav in map(Path, args.agreement):
+        outputs, stats = {}, {}
+        for precision in ("fp32", "bf16"):
+            folder = out_dir / precision
+            stats[precision] = run_separate(wav, checkpoint, folder, args.chunk_seconds, precision)
+            outputs[precision] = {
+                p.stem[len(wav.stem) + 1:]: torch.from_numpy(sf.read(p, dtype="float32")[0])
+                for p in sorted(folder.glob(f"{wav.stem}_*.wav"))
+            }
+        for name, exact in outputs["fp32"].items():
+            db = float(si_snr(outputs["bf16"][name], exact))
+            worst = min(worst, db)
+            rows.append([wav.name, name, f"{db:.1f}"]
+                        + [f"{stats[p][0]:.1f} / {stats[p][1]:.0f}" for p in ("fp32", "bf16")])
+    print(format_table(["file", "output", "SI-SNR bf16 vs fp32 dB", "fp32 s / MiB",
+                        "bf16 s / MiB"], rows))
+    print(last_line(agreement_bf16_db=worst))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--chunk-seconds", type=float, default=None,
                         help="window length (default: nass separate's)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="nass separate --precision (default fp32)")
+    parser.add_argument("--compare", action="store_true",
+                        help="time SpeechBrain's attention, the fused one and bf16 on one window")
+    parser.add_argument("--window-seconds", type=float, default=30.0,
+                        help="--compare: the window's length (default 30)")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="--compare: timed repetitions per variant (default 3)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="--compare: untimed runs per variant first (default 1)")
+    parser.add_argument("--extra", nargs="*", default=[], choices=["int8", "compile"],
+                        help="--compare: more variants")
+    parser.add_argument("--agreement", nargs="+", metavar="WAV",
+                        help="nass separate these files in fp32 and in bf16 and compare")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="--compare: where the model runs (default cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.device == "cuda" and "int8" in args.extra:
+        parser.error("--extra int8: dynamic quantisation runs on the CPU only")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     print(machine_summary())
+    if args.compare:
+        compare(args)
+        return
+    if not args.agreement:
+        print(f"nass separate --precision {args.precision}")
     rows, last = [], None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = load_model(HPARAMS)
         Checkpointer(tmp / "save", {"encoder": model.encoder, "masknet": model.masknet,
                                     "decoder": model.decoder}).save_checkpoint(meta={"si-snr": 0.0})
+        if args.agreement:
+            agreement(args, tmp / "save", tmp / "out")
+            return
         for minutes in args.minutes:
             wav = tmp / f"mix_{minutes:g}min.wav"
             sf.write(wav, long_mixture(minutes), RATE, subtype="PCM_16")
-            wall, rss = run_separate(wav, tmp / "save", tmp / "out", args.chunk_seconds)
+            wall, rss = run_separate(wav, tmp / "save", tmp / "out", args.chunk_seconds,
+                                     args.precision)
             rtf = wall / (minutes * 60)
             rows.append([f"{minutes:g}", f"{wall:.1f}", f"{rtf:.2f}", f"{rss:.0f}"])
             print(f"  {minutes:g} min: {wall:.1f} s, RTF {rtf:.2f}, peak RSS {rss:.0f} MiB", flush=True)

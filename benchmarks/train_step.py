@@ -1,29 +1,34 @@
 """Time of one training step of NASS against the plain separator it extends.
 
-Two architectures, each built twice from the same seed: NASS (C+1 outputs,
-PCL with the recipe's weight 2, 256 patches, tau 0.07, D 256) and the plain
-separator (C outputs, no PCL):
+Two architectures, each built twice from the same seed from the LibriMix
+recipe's own hparams files: NASS (C+1 outputs, PCL with the recipe's
+weight 2, 256 patches, tau 0.07, D 256) and the plain separator (the same
+file with ``noise_output: False, pcl_weight: 0``: C outputs, no PCL):
 
-* Sepformer: ``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``
-  as released (N 256, 2 dual-path layers of 8-layer transformers, K 250);
-  the plain one is the same file with ``noise_output: False, pcl_weight: 0``.
-* DPRNN: SpeechBrain's ``recipes/WSJ0Mix/separation/hparams/dprnn.yaml``
-  (N 256, bi-LSTM intra/inter blocks with 256 units, 6 dual-path layers,
-  K 250, a linear layer after each block), with the same NASS settings.
+* Sepformer: ``sepformer-libri2mix.yaml`` as released (N 256, 2 dual-path
+  layers of 8-layer transformers, K 250), with the recipes' fused attention
+  (:mod:`nass.attention`); a third variant, NASS with SpeechBrain's
+  attention as shipped (``fused_attention: False``), gives the speedup of
+  the fused path.
+* DPRNN: ``dprnn-libri2mix.yaml`` (SpeechBrain's WSJ0Mix configuration: N
+  256, bi-LSTM intra/inter blocks with 256 units, 6 dual-path layers, K 250,
+  a linear layer after each block).
 
-The timed step is ``SeparationBrain.fit_batch`` followed by SpeechBrain's
-``Brain.optimizers_step``: the forward under the run's autocast; for PCL
-(NASS only) the speakers' clean representations under ``no_grad``, and the
-representations cut to the frames every utterance has; the per-utterance
-objective; the loss threshold and the finiteness check (a host sync, as in
-the Brain); backward through the GradScaler; ``clip_grad_norm_`` to the
-recipe's 5; Adam; ``zero_grad(set_to_none=True)``. Speed perturbation and
-the random crop are left out: they cost both variants the same and would
-give them inputs of different lengths. Both variants get the same mixture:
-two speakers plus noise, ``--seconds`` long at 8 kHz, batch 1.
+The timed step is the recipes' own: ``SeparationBrain.fit_batch`` of a Brain
+built as ``nass.recipe.run`` builds it, i.e. the forward and loss terms
+(``SeparationBrain.training_terms``: for PCL the speakers' clean
+representations under ``no_grad``, cut to the frames every utterance has;
+the per-utterance objective) under the run's autocast (``--precision``);
+the loss threshold and the finiteness check (a host sync); SpeechBrain's
+``optimizers_step`` (backward through the GradScaler, ``clip_grad_norm_``
+to the recipe's 5, Adam, ``zero_grad(set_to_none=True)``). Speed
+perturbation and the random crop are turned off: they cost every variant
+the same and would give them inputs of different lengths. Every variant
+gets the same mixture: two speakers plus noise, ``--seconds`` long at
+8 kHz, batch 1.
 
 Each variant is warmed up once, then the variants of one architecture run in
-alternation, repetition by repetition (NASS, plain, NASS, plain, ...), so
+alternation, repetition by repetition (NASS, plain, ..., NASS, plain, ...), so
 that changes of machine load hit both. Times are medians; the NASS/plain
 ratio is the median over repetitions of the ratio of the two steps run side
 by side (the ratios of the medians and of the minima are printed too).
@@ -48,8 +53,8 @@ C+1 against C outputs; PCL (from the step alternation); gradient clipping
 and Adam over each variant's parameters. Their sum is printed next to the
 measured difference of the two steps.
 
-The last line reads
-``ratio_nass_over_baseline=<x> pcl_share=<s> ratio_dprnn=<x>``.
+The last line reads ``ratio_nass_over_baseline=<x> pcl_share=<s>
+ratio_dprnn=<x> speedup_fused=<SpeechBrain attention step / fused step>``.
 
 Example
 -------
@@ -79,50 +84,45 @@ from _common import (
 
 use_checkout()
 
+import speechbrain as sb  # noqa: E402
 from hyperpyyaml import load_hyperpyyaml  # noqa: E402
-from speechbrain.lobes.models.dual_path import (  # noqa: E402
-    Decoder,
-    Dual_Path_Model,
-    Encoder,
-    SBRNNBlock,
-)
-from speechbrain.utils.autocast import AMPConfig, TorchAutocast  # noqa: E402
 
+from nass.brain import SeparationBrain  # noqa: E402
 from nass.objective import NASSObjective  # noqa: E402
-from nass.outputs import Outputs  # noqa: E402
-from nass.pcl import PatchSampler, pcl_loss  # noqa: E402
-from nass.separator import NoiseAwareSeparator  # noqa: E402
+from nass.pcl import pcl_loss  # noqa: E402
 
-SEPFORMER_HPARAMS = REPO_ROOT / "recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml"
+HPARAMS = REPO_ROOT / "recipes/LibriMix/separation/hparams"
+SEPFORMER_HPARAMS = HPARAMS / "sepformer-libri2mix.yaml"
+DPRNN_HPARAMS = HPARAMS / "dprnn-libri2mix.yaml"
 PLAIN_OVERRIDES = {"noise_output": False, "pcl_weight": 0}
+EXPLICIT_ATTENTION = {"fused_attention": False}
+# The timed batch is what the Brain sees after augmentation: no speed
+# perturbation, no crop (same cost for every variant, and inputs of one length).
+NO_AUGMENTATION = {"use_speedperturb": False, "limit_training_signal_len": False}
 SAMPLE_RATE = 8000
-
-# SpeechBrain's recipes/WSJ0Mix/separation/hparams/dprnn.yaml.
-DPRNN_CHANNELS = 256
-DPRNN_HIDDEN = 256
-DPRNN_LAYERS = 6
-DPRNN_CHUNK = 250
-DPRNN_KERNEL = 16
-DPRNN_STRIDE = 8
-
-
-@dataclass
-class Model:
-    """A separator with its objective; ``sampler`` is the PCL patch sampler (NASS only)."""
-
-    separator: NoiseAwareSeparator
-    objective: NASSObjective
-    sampler: PatchSampler = None
 
 
 @dataclass
 class Batch:
-    """One utterance as ``SeparationBrain`` sees it after augmentation."""
+    """One utterance, as a ``PaddedBatch`` gives it to ``SeparationBrain`` and as its parts."""
 
     mix: torch.Tensor
     speakers: torch.Tensor
     noise: torch.Tensor
     lengths: torch.Tensor
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        # mix_sig, s1_sig, .., noise_sig: (signals, relative lengths), as in a PaddedBatch.
+        relative = torch.ones(self.mix.shape[0])
+        if name == "mix_sig":
+            return self.mix, relative
+        if name == "noise_sig":
+            return self.noise, relative
+        if name.startswith("s") and name.endswith("_sig") and name[1:-4].isdigit():
+            return self.speakers[..., int(name[1:-4]) - 1], relative
+        raise AttributeError(name)
 
     def targets(self, noise_output):
         """As ``SeparationBrain.compute_forward``: the speakers, then the noise with the noise output."""
@@ -131,143 +131,73 @@ class Batch:
         return self.speakers
 
 
-def load_sepformer(nass, seed, scratch):
-    """``(Model, hparams)`` from the release Sepformer file; ``scratch`` takes its folders."""
-    overrides = {"data_folder": scratch, "output_folder": scratch, "seed": seed}
-    if not nass:
-        overrides.update(PLAIN_OVERRIDES)
-    with open(SEPFORMER_HPARAMS, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    objective = hparams["objective"]
-    return Model(hparams["separator"], objective, hparams["patchsamplenet"]), hparams
-
-
-def build_dprnn(nass, seed, hparams):
-    """DPRNN as in SpeechBrain's WSJ0Mix recipe, with the NASS settings of ``hparams``."""
-    torch.manual_seed(seed)
-    num_spks = hparams["num_spks"]
-
-    def rnn_block():
-        return SBRNNBlock(
-            input_size=DPRNN_CHANNELS,
-            hidden_channels=DPRNN_HIDDEN,
-            num_layers=1,
-            rnn_type="LSTM",
-            dropout=0,
-            bidirectional=True,
-        )
-
-    masknet = Dual_Path_Model(
-        in_channels=DPRNN_CHANNELS,
-        out_channels=DPRNN_CHANNELS,
-        intra_model=rnn_block(),
-        inter_model=rnn_block(),
-        num_layers=DPRNN_LAYERS,
-        norm="ln",
-        K=DPRNN_CHUNK,
-        num_spks=num_spks + int(nass),
-        skip_around_intra=True,
-        linear_layer_after_inter_intra=True,
-    )
-    separator = NoiseAwareSeparator(
-        Encoder(kernel_size=DPRNN_KERNEL, out_channels=DPRNN_CHANNELS),
-        masknet,
-        Decoder(
-            in_channels=DPRNN_CHANNELS,
-            out_channels=1,
-            kernel_size=DPRNN_KERNEL,
-            stride=DPRNN_STRIDE,
-            bias=False,
-        ),
-        num_spks=num_spks,
-        noise_output=nass,
-    )
-    sampler = PatchSampler(hparams["pcl_proj_dim"]) if nass else None
-    objective = NASSObjective(
-        Outputs(num_spks, noise_output=nass, noise_assignment=hparams["noise_assignment"]),
-        pcl_weight=hparams["pcl_weight"] if nass else 0.0,
-        pcl_num_patches=hparams["pcl_num_patches"],
-        pcl_temperature=hparams["pcl_temperature"],
-    )
-    return Model(separator, objective, sampler)
+def load_recipe(hparams_file, seed, scratch, *overrides):
+    """A recipe's hparams with ``overrides`` merged in; ``scratch`` takes its folders."""
+    merged = {"data_folder": scratch, "output_folder": scratch, "seed": seed, **NO_AUGMENTATION}
+    for extra in overrides:
+        merged.update(extra)
+    with open(hparams_file, encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, merged)
 
 
 class TrainStep:
-    """``SeparationBrain.fit_batch`` and ``Brain.optimizers_step`` on one batch.
+    """``SeparationBrain.fit_batch`` on one batch: the recipes' own training step.
+
+    The Brain is built as ``nass.recipe.run`` builds it (the separator, plus
+    the patch sampler when PCL trains it; the recipe's optimizer; SpeechBrain's
+    ``--precision`` and ``max_grad_norm``); ``fit_batch`` runs its forward and
+    loss terms (``SeparationBrain.training_terms``) under the run's autocast,
+    the threshold and finiteness checks, and SpeechBrain's
+    ``optimizers_step`` (GradScaler, ``clip_grad_norm_``, Adam,
+    ``zero_grad(set_to_none=True)``).
 
     Arguments
     ---------
-    model : Model
     hparams : dict
-        The recipe's ``lr``, ``max_grad_norm``, ``threshold``,
-        ``threshold_byloss`` and ``loss_upper_lim``.
+        A recipe's hparams, loaded by :func:`load_recipe`.
     device : torch.device
     precision : str
         ``fp32``, ``bf16`` or ``fp16``, SpeechBrain's ``--precision``.
     """
 
-    def __init__(self, model, hparams, device, precision):
-        self.model = model
-        # The Brain's modules: the separator, plus the sampler when PCL trains it.
-        modules = nn.ModuleList([model.separator])
-        if model.sampler is not None:
-            modules.append(model.sampler)
-        modules.to(device).train()
-        self.params = list(modules.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=hparams["lr"], weight_decay=0)
-        self.autocast = TorchAutocast(
-            device_type=device.type, dtype=AMPConfig.from_name(precision).dtype
+    def __init__(self, hparams, device, precision):
+        modules = {"separator": hparams["separator"]}
+        if hparams["patchsamplenet"] is not None:
+            modules["patchsamplenet"] = hparams["patchsamplenet"]
+        self.brain = SeparationBrain(
+            modules=modules,
+            opt_class=hparams["optimizer"],
+            hparams=hparams,
+            run_opts={"device": str(device), "precision": precision},
         )
-        self.scaler = torch.GradScaler(device.type, enabled=precision == "fp16")
+        self.brain.init_optimizers()
+        self.brain.modules.train()
         self.hparams = hparams
 
-    def losses(self, batch):
-        """``compute_forward`` and ``compute_objectives`` (TRAIN): per-utterance terms."""
-        separator, objective = self.model.separator, self.model.objective
-        with self.autocast:
-            estimates, reps = separator(batch.mix, return_reps=True)
-            clean = None
-            if objective.uses_pcl:
-                with torch.no_grad():
-                    clean = separator.encode(batch.speakers)
-                frames = valid_frames(separator, batch.lengths, reps.shape[-1])
-                reps, clean = reps[..., :frames], clean[..., :frames]
-            return objective(
-                estimates, batch.targets(separator.noise_output), reps, clean, batch.lengths,
-                patch_sampler=self.model.sampler,
-            )
+    @property
+    def separator(self):
+        return self.brain.separator_module
+
+    @property
+    def objective(self):
+        return self.hparams["objective"]
+
+    @property
+    def autocast(self):
+        return self.brain.training_ctx
+
+    @property
+    def params(self):
+        return list(self.brain.modules.parameters())
 
     def __call__(self, batch):
-        """Runs the step; returns the loss. Raises where the Brain would skip the step."""
-        hp = self.hparams
-        per_utt = self.losses(batch)["loss"].float()
-        if hp["threshold_byloss"]:
-            keep = per_utt > hp["threshold"]
-        else:
-            keep = torch.ones_like(per_utt, dtype=torch.bool)
-        loss = per_utt[keep].mean() if keep.any() else per_utt.mean()
-        value = loss.item()
-        if not (bool(keep.any()) and torch.isfinite(loss) and value < hp["loss_upper_lim"]):
+        """Runs the step; returns the loss. Raises where the Brain skipped the step."""
+        skipped = self.brain.skipped_steps
+        loss = float(self.brain.fit_batch(batch))
+        if self.brain.skipped_steps != skipped:
             # A skipped step does a fraction of the work: timing it would flatter the variant.
-            raise RuntimeError(f"the Brain would skip this step (loss {value}); check the inputs")
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, hp["max_grad_norm"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return value
-
-
-def valid_frames(separator, lengths, n_frames):
-    """``SeparationBrain._valid_frames``: PCL patches come from frames every utterance has.
-
-    The encoder frames computed from the shortest utterance's samples only;
-    all ``n_frames`` for a batch without padding, like the one timed here.
-    """
-    conv = separator.encoder.conv1d
-    valid = (int(lengths.min()) - conv.kernel_size[0]) // conv.stride[0] + 1
-    return max(1, min(n_frames, valid))
+            raise RuntimeError(f"the Brain skipped this step (loss {loss}); check the inputs")
+        return loss
 
 
 def make_batch(seconds, num_spks, seed, device):
@@ -284,19 +214,23 @@ def make_batch(seconds, num_spks, seed, device):
 def pcl_alone(step, batch):
     """A callable running the PCL term alone, forward and backward, as the NASS step does.
 
-    Its inputs come from one NASS forward of ``batch`` without gradients:
-    the decoder inputs (made a leaf that requires grad, so the backward
-    ends where, in the step, it would meet the separation loss's gradient),
-    the clean representations and the PIT assignment.
+    Its inputs come from the Brain's own forward of ``batch`` without
+    gradients: the decoder inputs (made a leaf that requires grad, so the
+    backward ends where, in the step, it would meet the separation loss's
+    gradient), the clean representations and the PIT assignment, cut to the
+    Brain's valid frames.
     """
-    separator, objective = step.model.separator, step.model.objective
+    brain, separator, objective = step.brain, step.separator, step.objective
     with torch.no_grad(), step.autocast:
-        estimates, reps = separator(batch.mix, return_reps=True)
-        clean = separator.encode(batch.speakers)
-        assignment, _ = objective.assign(estimates, batch.targets(True), batch.lengths)
-    frames = valid_frames(separator, batch.lengths, reps.shape[-1])
+        predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
+        clean = separator.encode(predictions["speakers"])
+        assignment, _ = objective.assign(
+            predictions["estimates"], predictions["targets"], predictions["lengths"]
+        )
+    reps = predictions["reps"]
+    frames = brain._valid_frames(int(predictions["lengths"].min()), reps.shape[-1])
     reps, clean = reps[..., :frames].detach().requires_grad_(), clean[..., :frames]
-    sampler = step.model.sampler
+    sampler = step.brain.modules.patchsamplenet
 
     def run():
         with step.autocast:
@@ -318,7 +252,7 @@ def pcl_alone(step, batch):
 
 def clean_encode(step, batch):
     """The NASS step's encoder pass on the speakers, under ``no_grad``."""
-    separator = step.model.separator
+    separator = step.separator
 
     def run():
         with torch.no_grad(), step.autocast:
@@ -335,7 +269,7 @@ def head_alone(step, batch):
     and ReLU, the masking and the decoder) is where the number of outputs
     changes the work; NASS minus plain is the cost of the extra mask.
     """
-    shallow = copy.deepcopy(step.model.separator)
+    shallow = copy.deepcopy(step.separator)
     shallow.masknet.dual_mdl = nn.ModuleList()
     shallow.masknet.num_layers = 0
 
@@ -350,7 +284,7 @@ def head_alone(step, batch):
 
 def separation_alone(step, batch):
     """Forward and backward of the SI-SNR matrix and PIT on the variant's outputs."""
-    separator, objective = step.model.separator, step.model.objective
+    separator, objective = step.separator, step.objective
     without_pcl = NASSObjective(objective.outputs, pcl_weight=0.0)
     with torch.no_grad(), step.autocast:
         estimates = separator(batch.mix)
@@ -386,6 +320,7 @@ def optimizer_alone(step):
 
 # Names of the timed cases; breakdown parts get "|nass" and "|plain" appended.
 SEP_NASS, SEP_PLAIN = "Sepformer NASS step", "Sepformer plain step"
+SEP_EXPLICIT = "Sepformer NASS step, SpeechBrain attention"
 DPRNN_NASS, DPRNN_PLAIN = "DPRNN NASS step", "DPRNN plain step"
 PCL_PART = "PCL: patch sampler + PatchNCE"
 OPTIMIZER_PART = "clip_grad_norm_ + Adam, each variant's parameters"
@@ -418,38 +353,50 @@ def median_difference_ms(a, b):
 def run_sepformer(args, device, scratch, sync):
     """Times the Sepformer steps in alternation, then the breakdown parts in alternation.
 
-    Returns ``(steps, parts, hparams, batch)``: the two timings, and the NASS
-    hparams and the batch for the DPRNN run.
+    The steps: NASS and plain with the recipes' fused attention, and NASS
+    with SpeechBrain's attention as shipped (all three from the same seed).
+    Returns ``(steps, parts, batch)``: the two timings and the batch for the
+    DPRNN run.
     """
-    nass_model, hparams = load_sepformer(True, args.seed, scratch)
-    plain_model, _ = load_sepformer(False, args.seed, scratch)
+    hparams = load_recipe(SEPFORMER_HPARAMS, args.seed, scratch)
     batch = make_batch(args.seconds, hparams["num_spks"], args.seed, device)
-    nass = TrainStep(nass_model, hparams, device, args.precision)
-    plain = TrainStep(plain_model, hparams, device, args.precision)
+    nass = TrainStep(hparams, device, args.precision)
+    plain = TrainStep(
+        load_recipe(SEPFORMER_HPARAMS, args.seed, scratch, PLAIN_OVERRIDES), device, args.precision
+    )
+    explicit = TrainStep(
+        load_recipe(SEPFORMER_HPARAMS, args.seed, scratch, EXPLICIT_ATTENTION),
+        device,
+        args.precision,
+    )
     # PCL alone runs right after each pair, so that its share pairs with that NASS step.
     steps = interleave(
         {
             SEP_NASS: lambda: nass(batch),
             SEP_PLAIN: lambda: plain(batch),
             PCL_PART: pcl_alone(nass, batch),
+            SEP_EXPLICIT: lambda: explicit(batch),
         },
         args.reps,
         sync=sync,
         progress=progress_printer("Sepformer", args.reps),
     )
+    del explicit
     cases = {}
     for name, factory, both in BREAKDOWN:
         cases[f"{name}|nass"] = factory(nass, batch)
         if both:
             cases[f"{name}|plain"] = factory(plain, batch)
     parts = interleave(cases, PART_REPS_PER_STEP_REP * args.reps, sync=sync)
-    return steps, parts, hparams, batch
+    return steps, parts, batch
 
 
-def run_dprnn(args, device, batch, hparams, sync):
-    """Times the DPRNN NASS and plain steps in alternation."""
-    nass = TrainStep(build_dprnn(True, args.seed, hparams), hparams, device, args.precision)
-    plain = TrainStep(build_dprnn(False, args.seed, hparams), hparams, device, args.precision)
+def run_dprnn(args, device, batch, scratch, sync):
+    """Times the DPRNN NASS and plain steps (``dprnn-libri2mix.yaml``) in alternation."""
+    nass = TrainStep(load_recipe(DPRNN_HPARAMS, args.seed, scratch), device, args.precision)
+    plain = TrainStep(
+        load_recipe(DPRNN_HPARAMS, args.seed, scratch, PLAIN_OVERRIDES), device, args.precision
+    )
     return interleave(
         {DPRNN_NASS: lambda: nass(batch), DPRNN_PLAIN: lambda: plain(batch)},
         args.reps,
@@ -537,12 +484,12 @@ def main(argv=None):
         f"one training step, {args.seconds:g} s at {SAMPLE_RATE} Hz, batch 1, {args.precision}, "
         f"{args.device}; {args.reps} alternating repetitions after 1 warm-up each"
     )
-    # The hparams file names data and output folders; nothing is read, but folders are made.
+    # The hparams files name data and output folders; nothing is read, but folders are made.
     with tempfile.TemporaryDirectory(prefix="nass-bench-") as scratch:
-        sepformer, parts, hparams, batch = run_sepformer(args, device, scratch, sync)
-    # Free the Sepformers before the DPRNNs are built.
-    gc.collect()
-    dprnn = run_dprnn(args, device, batch, hparams, sync)
+        sepformer, parts, batch = run_sepformer(args, device, scratch, sync)
+        # Free the Sepformers before the DPRNNs are built.
+        gc.collect()
+        dprnn = run_dprnn(args, device, batch, scratch, sync)
     report(sepformer, parts, dprnn)
 
 
@@ -550,11 +497,13 @@ def report(sepformer, parts, dprnn):
     """Prints the step table, the breakdown and the last line."""
     sep_nass, sep_plain = sepformer.seconds[SEP_NASS], sepformer.seconds[SEP_PLAIN]
     pcl = sepformer.seconds[PCL_PART]
+    sep_explicit = sepformer.seconds[SEP_EXPLICIT]
     dprnn_nass, dprnn_plain = dprnn.seconds[DPRNN_NASS], dprnn.seconds[DPRNN_PLAIN]
     rows = [
         timing_row("Sepformer plain", sep_plain, sep_plain),
         timing_row("Sepformer NASS", sep_nass, sep_plain),
         timing_row("  PCL alone (sampler + PatchNCE, fwd+bwd)", pcl, sep_nass),
+        timing_row("Sepformer NASS, SpeechBrain attention", sep_explicit, sep_nass),
         timing_row("DPRNN plain", dprnn_plain, dprnn_plain),
         timing_row("DPRNN NASS", dprnn_nass, dprnn_plain),
     ]
@@ -563,7 +512,8 @@ def report(sepformer, parts, dprnn):
     print(format_table(headers, rows))
     print(
         "ratio: median over repetitions of NASS step / plain step, run side by side; "
-        "PCL row: PCL / NASS step (pcl_share)"
+        "PCL row: PCL / NASS step (pcl_share); SpeechBrain attention row: its step / the "
+        "fused NASS step (speedup_fused)"
     )
 
     breakdown, explained = breakdown_rows(parts, pcl)
@@ -581,6 +531,7 @@ def report(sepformer, parts, dprnn):
             ratio_nass_over_baseline=paired_ratio(sep_nass, sep_plain),
             pcl_share=paired_ratio(pcl, sep_nass),
             ratio_dprnn=paired_ratio(dprnn_nass, dprnn_plain),
+            speedup_fused=paired_ratio(sep_explicit, sep_nass),
         )
     )
 

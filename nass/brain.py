@@ -127,6 +127,15 @@ class SeparationBrain(sb.Brain):
             )
         return objective.speaker_loss(est, targets, lengths)
 
+    def training_terms(self, batch):
+        """A training step's per-utterance loss terms: ``compute_forward`` + ``compute_objectives``.
+
+        What :meth:`fit_batch` differentiates (under the run's autocast), and
+        what ``benchmarks/train_step.py`` times, so that both run one code.
+        """
+        predictions = self.compute_forward(batch, sb.Stage.TRAIN)
+        return self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
+
     def _valid_frames(self, n_samples, n_frames):
         """Encoder frames computed from the first ``n_samples`` samples only.
 
@@ -148,8 +157,7 @@ class SeparationBrain(sb.Brain):
     def fit_batch(self, batch):
         """One optimisation step, or a counted skip when the loss is unusable."""
         with self.training_ctx:
-            predictions = self.compute_forward(batch, sb.Stage.TRAIN)
-            terms = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
+            terms = self.training_terms(batch)
         per_utt = terms["loss"].float()
         keep = per_utt > self.hparams.threshold
         if not self.hparams.threshold_byloss or not keep.any():

@@ -5,6 +5,9 @@ The three parts are SpeechBrain's own modules (``dual_path.Encoder``,
 ``encoder``, ``masknet`` and ``decoder`` so their state dicts are those of the
 release checkpoints (``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt``).
 The noise output is just one more mask: ``Dual_Path_Model(num_spks=C + 1)``.
+SpeechBrain's attention modules in the mask network are computed by PyTorch's
+fused kernel (:mod:`nass.attention`): same parameters and names, same outputs
+to float rounding, faster; ``fused_attention=False`` keeps them as shipped.
 
 Example
 -------
@@ -24,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nass.attention import use_fused_attention
+
 
 class NoiseAwareSeparator(nn.Module):
     """Mask-based separator with C speaker outputs and, optionally, one noise output.
@@ -38,12 +43,17 @@ class NoiseAwareSeparator(nn.Module):
         C, the number of speakers.
     noise_output : bool
         Whether the model has the extra noise output (NASS) or not (baseline).
+    fused_attention : bool
+        Swap SpeechBrain's attention modules in ``masknet`` (in place) for
+        :class:`nass.attention.FusedMultiheadAttention`, which shares their
+        parameters; False keeps SpeechBrain's explicit attention.
     """
 
-    def __init__(self, encoder, masknet, decoder, num_spks, noise_output=True):
+    def __init__(self, encoder, masknet, decoder, num_spks, noise_output=True,
+                 fused_attention=True):
         super().__init__()
         self.encoder = encoder
-        self.masknet = masknet
+        self.masknet = use_fused_attention(masknet) if fused_attention else masknet
         self.decoder = decoder
         self.num_spks = int(num_spks)
         self.noise_output = bool(noise_output)

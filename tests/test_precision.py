@@ -1,0 +1,80 @@
+"""Separating in bf16 (and fp16 on CUDA): what runs in which precision, agreement with fp32."""
+
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+import nass
+from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
+from nass.cli import main
+from nass.inference import Separator, load_model
+from nass.metrics import si_snr
+from nass.precision import NORMS, set_precision
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ASSETS = Path(nass.__file__).parent / "assets"
+
+
+def real_mixture():
+    """Two of the shipped read-speech recordings and a real noise, 2 s at 8 kHz."""
+    read = [sf.read(ASSETS / "speech" / name, dtype="float32")[0][:16000]
+            for name in ("example1.wav", "example2.wav")]
+    noise = sf.read(ASSETS / "noise" / "noise_a.wav", dtype="float32")[0][:16000]
+    return torch.from_numpy(read[0] + read[1] + 0.3 * noise)
+
+
+def test_bf16_runs_the_blocks_in_bf16_and_keeps_norms_mask_head_and_codec_fp32():
+    torch.manual_seed(0)
+    model = load_model(HPARAMS, TINY).eval()
+    keys = list(model.state_dict())
+    set_precision(model, "bf16")
+    assert list(model.state_dict()) == keys
+    masknet = model.masknet
+    norms = {id(m) for m in masknet.modules() if isinstance(m, NORMS)}
+    head = [masknet.conv2d, masknet.output, masknet.output_gate, masknet.end_conv1x1]
+    kept = {id(p) for m in [*head, *(m for m in masknet.modules() if id(m) in norms)]
+            for p in m.parameters()}
+    assert norms and kept
+    for p in masknet.parameters():
+        assert p.dtype == (torch.float32 if id(p) in kept else torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in model.encoder.parameters())
+    assert all(p.dtype == torch.float32 for p in model.decoder.parameters())
+    assert model(torch.randn(1, 800)).dtype == torch.float32
+    with pytest.raises(ValueError, match="not in fp32"):
+        set_precision(model, "bf16")
+
+
+def test_bf16_separation_agrees_with_fp32():
+    torch.manual_seed(1)
+    exact = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed")
+    torch.manual_seed(1)
+    fast = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed", precision="bf16")
+    assert fast.precision == "bf16"
+    mix = real_mixture()
+    ref, out = exact.separate_tensor(mix, 8000), fast.separate_tensor(mix, 8000)
+    assert list(out) == list(ref) == ["spk1", "spk2", "noise"]
+    for name in ref:
+        assert out[name].dtype == torch.float32
+        assert not torch.equal(out[name], ref[name])  # bf16 did run
+        assert si_snr(out[name], ref[name]) > 30, name
+
+
+def test_fp16_on_cpu_and_unknown_precisions_are_refused(tmp_path, capsys):
+    model = load_model(HPARAMS, TINY)
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA device"):
+        Separator(model, 8000, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        Separator(model, 8000, precision="fp8")
+    sf.write(tmp_path / "talk.wav", real_mixture().numpy(), 8000)
+    # Refused before anything is loaded: the checkpoint need not even exist.
+    status = main(["separate", "--hparams", str(HPARAMS), "--checkpoint", str(tmp_path / "save"),
+                   "--precision", "fp16", str(tmp_path / "talk.wav")]
+                  + [arg for k, v in TINY.items() for arg in (f"--{k}", str(v))])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "nass separate: error: --precision fp16 needs a CUDA device (--device is cpu); "
+        "on a CPU use --precision bf16 or fp32"]
+    assert not list(tmp_path.glob("talk_*.wav"))
