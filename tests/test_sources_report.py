@@ -97,7 +97,7 @@ def test_noise_output_chooses_the_noise(checkpoint, api, talk):
 def test_sidecar_is_not_overwritten_without_overwrite(checkpoint, talk, capsys):
     (talk.parent / "talk_sources.json").write_text("mine")
     assert separate(checkpoint, talk) == 1
-    assert "talk_sources.json already exists (use --overwrite" in capsys.readouterr().err
+    assert "talk_sources.json already exists from before this run (use --overwrite" in capsys.readouterr().err
     assert (talk.parent / "talk_sources.json").read_text() == "mine"
 
 
