@@ -1,4 +1,4 @@
-"""The ``nass`` command line: ``nass separate``, ``nass plot`` and ``nass demo``.
+"""The ``nass`` command line: ``nass separate``, ``nass export``, ``nass plot`` and ``nass demo``.
 
 ``nass separate --hparams H.yaml --checkpoint CKPT INPUT...`` writes, for each
 ``x.wav``, ``x_spk1.wav .. x_spkC.wav`` and ``x_noise.wav`` (when the model
@@ -6,7 +6,14 @@ has a noise output) beside it or into ``--out-dir``: 32-bit float WAV at the
 input's sample rate and length, holding the model's values unchanged unless
 ``--normalize``. Options it does not know, like ``--num_spks 3``, are
 HyperPyYAML overrides of the hparams file, as on a recipe's command line;
-they must describe the trained model.
+they must describe the trained model. ``--checkpoint DIR`` alone takes a
+SpeechBrain pretrained-model folder (``nass export``'s, or a SpeechBrain hub
+model's; :mod:`nass.pretrained`), ``--onnx MODEL.onnx`` a model written by
+``nass export --format onnx``, run by ONNX Runtime.
+
+``nass export --hparams H.yaml --checkpoint CKPT --out-dir DIR`` writes the
+model as a SpeechBrain pretrained-model folder (:mod:`nass.export`);
+``--format onnx`` writes ``DIR/separator.onnx`` instead.
 
 An input that cannot be separated (missing, unreadable, empty, shorter than
 the encoder's kernel, all zero, or whose outputs exist without
@@ -34,6 +41,7 @@ from tqdm import tqdm
 
 from nass.chunking import DEFAULT_OVERLAP
 from nass.demo import DemoError, run_demo
+from nass.export import ONNX_FILE, ExportError, export_onnx_file, export_pretrained
 from nass.inference import (
     DEFAULT_CHUNK_SECONDS,
     AudioInputError,
@@ -52,17 +60,19 @@ def main(argv=None):
     """Runs ``nass`` with ``argv`` (``sys.argv[1:]`` by default); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.getLogger("speechbrain.utils.train_logger").addFilter(_without_torchvision_warning)
-    parser, separate_options = _parser()
+    parser, known_options = _parser()
     overrides = {}
-    if argv[:1] == ["separate"]:
+    if argv[:1] in (["separate"], ["export"]):
         try:
-            rest, overrides = split_overrides(argv[1:], separate_options)
+            rest, overrides = split_overrides(argv[1:], known_options[argv[0]])
         except ValueError as err:
             parser.error(str(err))
-        argv = ["separate"] + rest
+        argv = argv[:1] + rest
     args = parser.parse_args(argv)
     if args.command == "separate":
         return separate_command(args, overrides)
+    if args.command == "export":
+        return export_command(args, overrides)
     if args.command == "plot":
         return plot_command(args)
     return demo_command(args)
@@ -107,10 +117,8 @@ def split_overrides(tokens, known_options):
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
     try:
-        separator = Separator.from_hparams(
-            args.hparams, args.checkpoint, overrides=overrides, device=args.device,
-            chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty(),
-        )
+        separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
+                                   progress=sys.stderr.isatty())
     except Exception as err:  # any failure to build or load the model is one message, not a trace
         _error(f"cannot load the model: {err}")
         return EXIT_FAILED
@@ -136,6 +144,52 @@ def separate_command(args, overrides):
             tqdm.write(f"{path} -> {', '.join(str(p) for p in paths.values())}")
     if failed:
         _error(f"{failed} of {len(args.inputs)} input(s) failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def load_separator(args, overrides, **options):
+    """The :class:`Separator` that ``--onnx``, ``--checkpoint`` and ``--hparams`` name."""
+    device = getattr(args, "device", "cpu")
+    if getattr(args, "onnx", None):
+        if args.hparams or args.checkpoint or overrides:
+            raise ValueError("--onnx takes the model from the ONNX file alone: leave out "
+                             "--hparams, --checkpoint and hparams overrides")
+        return Separator.from_onnx(args.onnx, **options)
+    if args.checkpoint is None:
+        raise ValueError("give --checkpoint (with --hparams for a recipe checkpoint) or --onnx")
+    if args.hparams is None:
+        if overrides:
+            raise ValueError(f"hparams overrides ({', '.join('--' + k for k in overrides)}) "
+                             f"need --hparams; a pretrained-model folder describes itself")
+        return Separator.from_pretrained(args.checkpoint, device=device, **options)
+    return Separator.from_hparams(args.hparams, args.checkpoint, overrides=overrides,
+                                  device=device, **options)
+
+
+def export_command(args, overrides):
+    """``nass export``: a SpeechBrain pretrained-model folder, or an ONNX file."""
+    try:
+        if args.format == "onnx":
+            separator = load_separator(args, overrides)
+            report = export_onnx_file(separator, args.out_dir, args.window_seconds,
+                                      overwrite=args.overwrite)
+            checked = ", ".join(f"{n} samples {db:.1f} dB" for n, db in
+                                zip(report["lengths"], report["min_sdr_db"]))
+            print(f"nass export: wrote {report['path']} (ONNX Runtime vs PyTorch, worst "
+                  f"output: {checked})")
+        else:
+            if args.hparams is None:
+                raise ValueError("--format speechbrain needs --hparams, the recipe file the "
+                                 "checkpoint was trained with")
+            out = export_pretrained(args.hparams, args.checkpoint, args.out_dir, overrides,
+                                    overwrite=args.overwrite, test_results=args.test_results)
+            print(f"nass export: wrote {out} (SpeechBrain's SepformerSeparation loads it)")
+    except ExportError as err:
+        _error(str(err), command="export")
+        return EXIT_FAILED
+    except Exception as err:  # a model that cannot be loaded or exported: one message
+        _error(f"{type(err).__name__}: {err}", command="export")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -188,7 +242,7 @@ def _error(message, command="separate"):
 
 
 def _parser():
-    """The argument parser, and the option strings ``nass separate`` knows."""
+    """The argument parser, and ``{command: option strings}`` of the commands taking overrides."""
     parser = argparse.ArgumentParser(
         prog="nass", description="Noise-aware speech separation (NASS) on SpeechBrain.",
     )
@@ -202,11 +256,17 @@ def _parser():
                     "the recipe (e.g. --num_spks 3); they must describe the trained model.",
     )
     actions = [
-        separate.add_argument("--hparams", required=True, metavar="HPARAMS.yaml",
-                              help="the recipe hparams file the model was trained with"),
-        separate.add_argument("--checkpoint", required=True, metavar="CKPT",
+        separate.add_argument("--hparams", metavar="HPARAMS.yaml",
+                              help="the recipe hparams file the model was trained with "
+                                   "(not for a pretrained-model folder)"),
+        separate.add_argument("--checkpoint", metavar="CKPT",
                               help="a CKPT+... folder, or a save/ folder holding several "
-                                   "(the one of best validation SI-SNR is used)"),
+                                   "(the one of best validation SI-SNR is used); without "
+                                   "--hparams, a SpeechBrain pretrained-model folder "
+                                   "(nass export's, or a hub model's)"),
+        separate.add_argument("--onnx", metavar="MODEL.onnx",
+                              help="run a model written by nass export --format onnx with "
+                                   "ONNX Runtime (CPU) instead"),
         separate.add_argument("--out-dir", metavar="DIR",
                               help="where to write the outputs (default: beside each input)"),
         separate.add_argument("--overwrite", action="store_true",
@@ -223,7 +283,37 @@ def _parser():
                               help="audio files (any format soundfile reads; any sample rate; "
                                    "multichannel files are averaged to mono)"),
     ]
-    known = {"-h", "--help"}.union(*(action.option_strings for action in actions))
+    known = {"separate": {"-h", "--help"}.union(*(a.option_strings for a in actions))}
+
+    export = commands.add_parser(
+        "export", allow_abbrev=False,
+        help="write a trained model as a SpeechBrain pretrained-model folder, or as ONNX",
+        description="Write a trained model as a SpeechBrain pretrained-model folder "
+                    "(hyperparams.yaml, encoder/masknet/decoder.ckpt, README.md model card), "
+                    "which SpeechBrain's SepformerSeparation.from_hparams(source=DIR) and "
+                    f"nass separate --checkpoint DIR load; or as DIR/{ONNX_FILE} (--format onnx). "
+                    "Other --key value options are overrides of the hparams file.",
+    )
+    actions = [
+        export.add_argument("--hparams", metavar="HPARAMS.yaml",
+                            help="the recipe hparams file the model was trained with "
+                                 "(--format onnx also takes a pretrained-model folder "
+                                 "as --checkpoint without it)"),
+        export.add_argument("--checkpoint", metavar="CKPT",
+                            help="a CKPT+... folder, or a save/ folder (its best checkpoint)"),
+        export.add_argument("--out-dir", required=True, metavar="DIR", help="the folder to write"),
+        export.add_argument("--format", choices=["speechbrain", "onnx"], default="speechbrain",
+                            help="speechbrain (default): a pretrained-model folder; onnx: "
+                                 f"DIR/{ONNX_FILE}, checked with ONNX Runtime"),
+        export.add_argument("--window-seconds", type=float, default=2.0, metavar="S",
+                            help="onnx: the input length the graph is traced and checked with "
+                                 "(it then takes any length; default 2)"),
+        export.add_argument("--test-results", metavar="CSV",
+                            help="the run's test_results.csv for the model card (default: "
+                                 "<output_folder>/test_results.csv beside save/, if any)"),
+        export.add_argument("--overwrite", action="store_true", help="replace existing files"),
+    ]
+    known["export"] = {"-h", "--help"}.union(*(a.option_strings for a in actions))
 
     plot = commands.add_parser(
         "plot", help="spectrograms of a mixture and its separated outputs, in one PNG",

@@ -6,7 +6,8 @@
    ``dataset_layout`` the hparams file builds (LibriMix, WHAM!, custom, ...).
 3. Build the datasets (or the dynamic-mixing training set).
 4. Train with :class:`nass.brain.SeparationBrain` (resuming from the newest
-   checkpoint), unless ``test_only``.
+   checkpoint, or else starting from ``pretrained_separator`` when it names a
+   folder: :func:`nass.pretrained.init_from_pretrained`), unless ``test_only``.
 5. Evaluate the best checkpoint and write ``test_results.csv``.
 """
 
@@ -24,6 +25,7 @@ from speechbrain.utils.run_opts import RunOptions
 from nass.brain import SeparationBrain
 from nass.checkpoints import best_checkpoint, check_fit, list_checkpoints, set_aside_incomplete
 from nass.data.prepare import prepare_layout
+from nass.pretrained import init_from_pretrained, layout_error, missing_files
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ def run(argv):
             logger.warning("%s was left incomplete by a killed run; set aside", path)
         newest = hparams["checkpointer"].find_checkpoint()
         _check_checkpoint(hparams, hparams_file, newest.path if newest else None)
+        start_from_pretrained(hparams, resuming=newest is not None)
         brain.fit(
             brain.hparams.epoch_counter,
             datasets["train"],
@@ -193,7 +196,26 @@ def run(argv):
     return brain
 
 
+def start_from_pretrained(hparams, resuming):
+    """Loads ``pretrained_separator`` into the separator, unless the run resumes.
+
+    Called after the modules are built (and initialised); a resumed run
+    takes its weights from its own checkpoint instead.
+    """
+    folder = hparams.get("pretrained_separator")
+    if not folder:
+        return
+    if resuming:
+        logger.info("Resuming from a checkpoint: pretrained_separator %s not loaded", folder)
+        return
+    init_from_pretrained(hparams["separator"], folder)
+
+
 def _check_options(hparams, run_opts):
+    pretrained = hparams.get("pretrained_separator")
+    missing = missing_files(pretrained, with_hparams=False) if pretrained else []
+    if missing:
+        raise FileNotFoundError(f"pretrained_separator: {layout_error(pretrained, missing)}")
     if hparams["noise_output"] and "noise" not in hparams["dataset_layout"].targets:
         raise ValueError(
             "noise_output is True but the dataset has no noise targets (clean mixtures); "
