@@ -28,6 +28,8 @@ import csv
 import io
 import logging
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -94,15 +96,21 @@ def export_pretrained(hparams_file, checkpoint, out_dir, overrides=None, overwri
         test_results = test_results if test_results.is_file() else None
     results = read_test_results(test_results) if test_results else None
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / HPARAMS_FILE).write_text(card, encoding="utf-8")
-    for name in MODULE_NAMES:
-        state = {k: v.detach().cpu() for k, v in getattr(model, name).state_dict().items()}
-        torch.save(state, out_dir / f"{name}.ckpt")
     readme = model_card(hparams_file, overrides, hparams, model, facts, ckpt, results,
                         out_dir.name)
-    (out_dir / README_FILE).write_text(readme, encoding="utf-8")
-    difference = check_with_speechbrain(out_dir, model, separator.sample_rate)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Written and checked in a hidden folder first: a failed or interrupted
+    # export leaves no half-usable model under the final names.
+    with tempfile.TemporaryDirectory(prefix=".nass-export-", dir=out_dir) as partial:
+        partial = Path(partial)
+        (partial / HPARAMS_FILE).write_text(card, encoding="utf-8")
+        for name in MODULE_NAMES:
+            state = {k: v.detach().cpu() for k, v in getattr(model, name).state_dict().items()}
+            torch.save(state, partial / f"{name}.ckpt")
+        (partial / README_FILE).write_text(readme, encoding="utf-8")
+        difference = check_with_speechbrain(partial, model, separator.sample_rate)
+        for name in names:
+            os.replace(partial / name, out_dir / name)
     logger.info("SpeechBrain's SepformerSeparation loads %s: outputs within %.1e of nass's",
                 out_dir, difference)
     return out_dir

@@ -32,6 +32,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -172,10 +173,17 @@ def export_onnx(model, path, sample_rate, noise_assignment="pit", window_seconds
         "traced_samples": window,
     }
     program.model.metadata_props[METADATA_KEY] = json.dumps(facts)
-    program.save(str(path), external_data=False)
     lengths = [round(s * sample_rate) for s in check_seconds] if check_seconds else \
         [window, window // 2 + 3, 3 * window // 2 + 5]
-    results = check_onnx(model, path, lengths, seed=seed + 1)
+    # Saved under a hidden name until checked: a graph that fails the check
+    # is not left where a user would take it for a good one.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        program.save(str(partial), external_data=False)
+        results = check_onnx(model, partial, lengths, seed=seed + 1)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return {"path": path, "lengths": lengths, "min_sdr_db": results}
 
 
