@@ -33,6 +33,7 @@ import copy
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -277,13 +278,19 @@ class OnnxSeparator(nn.Module):
 
 @contextlib.contextmanager
 def _quiet(names):
-    """Only errors from the loggers ``names`` while inside."""
+    """Only errors from the loggers ``names``, and no Python warnings, while inside.
+
+    The exporter warns about its own internals (traced code, missing
+    torchvision operators); the graph is checked numerically instead.
+    """
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
