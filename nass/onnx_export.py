@@ -246,6 +246,9 @@ class OnnxSeparator(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3
+        # ORT's arena keeps its largest allocations: 3.7 GiB peak instead of 2.2 GiB for
+        # a 30 s release-size window, at about the same speed (measured 2026-11-27).
+        options.enable_cpu_mem_arena = False
         try:
             self.session = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"])
