@@ -26,5 +26,7 @@ setup(
         "tqdm",
         "matplotlib",
     ],
+    # nass export --format onnx and nass separate --onnx: pip install nass[onnx]
+    extras_require={"onnx": ["onnx", "onnxscript", "onnxruntime"]},
     entry_points={"console_scripts": ["nass=nass.cli:main"]},
 )

@@ -4,6 +4,7 @@
     python benchmarks/inference.py --minutes 1 10 --chunk-seconds 8 --precision bf16
     python benchmarks/inference.py --compare             # attention and precision, one window
     python benchmarks/inference.py --agreement a.wav b.wav   # nass separate bf16 vs fp32
+    python benchmarks/inference.py --minutes 1 --onnx      # also the ONNX model, side by side
 
 The model is the release-size Sepformer-NASS of ``sepformer-libri2mix.yaml``
 with random weights (a checkpoint is written to a temporary folder): speed and
@@ -13,8 +14,14 @@ separated by the real command (``python -m nass.cli separate``) in its own
 process, whose peak resident memory is read from the kernel (``wait4``), so
 each figure covers model loading, reading, separating and writing.
 
+With ``--onnx`` the model is also exported (``nass export --format onnx``,
+checked against PyTorch with ONNX Runtime; the export time and the check are
+printed) and every length is separated by ``nass separate --onnx`` right
+after ``nass separate``, with the same windows and thread count.
+
 The last line is ``rtf_10min=<wall / audio seconds> peak_rss_mib_10min=<MiB>``
-(for the longest length run).
+(for the longest length run), plus ``onnx_rtf=<...> onnx_over_pytorch=<wall
+ratio>`` for it with ``--onnx``.
 
 ``--compare`` runs the model itself (no files) on one window of the same
 recording (``--window-seconds``, 30 by default: ``nass separate``'s window),
@@ -94,11 +101,17 @@ def long_mixture(minutes, seed=0):
     return (0.9 * mix / np.abs(mix).max()).astype(np.float32)
 
 
-def run_separate(wav, checkpoint, out_dir, chunk_seconds, precision="fp32"):
-    """Wall seconds and peak RSS (MiB) of one ``nass separate`` process."""
-    cmd = [sys.executable, "-m", "nass.cli", "separate", "--hparams", str(HPARAMS),
-           "--checkpoint", str(checkpoint), "--out-dir", str(out_dir), "--overwrite",
-           "--precision", precision, str(wav)]
+def run_separate(wav, model, out_dir, chunk_seconds, precision="fp32"):
+    """Wall seconds and peak RSS (MiB) of one ``nass separate`` process.
+
+    ``model`` is a checkpoint folder, or an ``.onnx`` file (``--onnx``, fp32 only).
+    """
+    if str(model).endswith(".onnx"):
+        source = ["--onnx", str(model)]
+    else:
+        source = ["--hparams", str(HPARAMS), "--checkpoint", str(model), "--precision", precision]
+    cmd = [sys.executable, "-m", "nass.cli", "separate", *source,
+           "--out-dir", str(out_dir), "--overwrite", str(wav)]
     if chunk_seconds is not None:
         cmd += ["--chunk-seconds", str(chunk_seconds)]
     start = time.perf_counter()
@@ -246,7 +259,11 @@ def main():
                         help="--compare: where the model runs (default cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also export the model to ONNX and time nass separate --onnx")
     args = parser.parse_args()
+    if args.onnx and args.precision != "fp32":
+        parser.error("--onnx: the ONNX model runs in fp32; leave out --precision")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.device == "cuda" and "int8" in args.extra:
@@ -260,7 +277,7 @@ def main():
         return
     if not args.agreement:
         print(f"nass separate --precision {args.precision}")
-    rows, last = [], None
+    rows, last = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = load_model(HPARAMS)
@@ -269,17 +286,41 @@ def main():
         if args.agreement:
             agreement(args, tmp / "save", tmp / "out")
             return
+        backends = {"pytorch": tmp / "save"}
+        if args.onnx:
+            backends["onnx"] = export(model, tmp / "separator.onnx")
         for minutes in args.minutes:
             wav = tmp / f"mix_{minutes:g}min.wav"
             sf.write(wav, long_mixture(minutes), RATE, subtype="PCM_16")
-            wall, rss = run_separate(wav, tmp / "save", tmp / "out", args.chunk_seconds,
-                                     args.precision)
-            rtf = wall / (minutes * 60)
-            rows.append([f"{minutes:g}", f"{wall:.1f}", f"{rtf:.2f}", f"{rss:.0f}"])
-            print(f"  {minutes:g} min: {wall:.1f} s, RTF {rtf:.2f}, peak RSS {rss:.0f} MiB", flush=True)
-            last = (rtf, rss)
-    print(format_table(["minutes", "wall s", "RTF", "peak RSS MiB"], rows))
-    print(last_line(rtf_10min=last[0], peak_rss_mib_10min=last[1]))
+            walls = {}
+            for name, source in backends.items():
+                wall, rss = run_separate(wav, source, tmp / "out", args.chunk_seconds,
+                                         args.precision)
+                rtf = wall / (minutes * 60)
+                walls[name] = wall
+                rows.append([f"{minutes:g}", name, f"{wall:.1f}", f"{rtf:.2f}", f"{rss:.0f}",
+                             f"{wall / walls['pytorch']:.2f}"])
+                print(f"  {minutes:g} min, {name}: {wall:.1f} s, RTF {rtf:.2f}, "
+                      f"peak RSS {rss:.0f} MiB", flush=True)
+                last[name] = (rtf, rss, wall / walls["pytorch"])
+    print(format_table(["minutes", "model", "wall s", "RTF", "peak RSS MiB", "x pytorch"], rows))
+    figures = {"rtf_10min": last["pytorch"][0], "peak_rss_mib_10min": last["pytorch"][1]}
+    if "onnx" in last:
+        figures.update(onnx_rtf=last["onnx"][0], onnx_over_pytorch=last["onnx"][2])
+    print(last_line(**figures))
+
+
+def export(model, path):
+    """``model`` as ONNX (``nass export --format onnx``'s function); prints time and check."""
+    from nass.onnx_export import export_onnx
+
+    start = time.perf_counter()
+    report = export_onnx(model, path, RATE, window_seconds=2.0)
+    checked = ", ".join(f"{n} samples {db:.1f} dB" for n, db in
+                        zip(report["lengths"], report["min_sdr_db"]))
+    print(f"ONNX export {time.perf_counter() - start:.0f} s; ONNX Runtime vs PyTorch, worst "
+          f"output: {checked}", flush=True)
+    return path
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ``nass`` command line: ``nass separate``, ``nass plot`` and ``nass demo``.
+"""The ``nass`` command line: ``nass separate``, ``nass export``, ``nass plot`` and ``nass demo``.
 
 ``nass separate --hparams H.yaml --checkpoint CKPT INPUT...`` writes, for each
 ``x.wav``, ``x_spk1.wav .. x_spkC.wav`` and ``x_noise.wav`` (when the model
@@ -17,7 +17,14 @@ that do not shape the model (training options such as ``--lr`` or
 ``--batch_size``) are refused (:func:`nass.overrides.check_overrides`).
 ``--hparams`` may also be the ``hyperparams.yaml`` a training run saved in
 its output folder, which holds the run's settings (overrides are then
-refused).
+refused). ``--checkpoint DIR`` alone takes a SpeechBrain pretrained-model
+folder (``nass export``'s, or a SpeechBrain hub model's;
+:mod:`nass.pretrained`), ``--onnx MODEL.onnx`` a model written by ``nass
+export --format onnx``, run by ONNX Runtime.
+
+``nass export --hparams H.yaml --checkpoint CKPT --out-dir DIR`` writes the
+model as a SpeechBrain pretrained-model folder (:mod:`nass.export`);
+``--format onnx`` writes ``DIR/separator.onnx`` instead.
 
 Before anything is separated, the run is refused (exit status 1) if the
 model cannot be loaded, if ``--out-dir`` cannot be written to, or if two
@@ -65,6 +72,7 @@ from nass.audio import (
     save_sources,
 )
 from nass.chunking import DEFAULT_OVERLAP
+from nass.export import ONNX_FILE, ExportError, export_onnx_file, export_pretrained
 from nass.inference import DEFAULT_CHUNK_SECONDS, Separator, report_path, save_report
 from nass.logs import quiet_torchvision_note
 
@@ -76,17 +84,19 @@ def main(argv=None):
     """Runs ``nass`` with ``argv`` (``sys.argv[1:]`` by default); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_torchvision_note()
-    parser, separate_options = _parser()
+    parser, known_options = _parser()
     overrides = {}
-    if argv[:1] == ["separate"]:
+    if argv[:1] in (["separate"], ["export"]):
         try:
-            rest, overrides = split_overrides(argv[1:], separate_options)
+            rest, overrides = split_overrides(argv[1:], known_options[argv[0]])
         except ValueError as err:
             parser.error(str(err))
-        argv = ["separate"] + rest
+        argv = argv[:1] + rest
     args = parser.parse_args(argv)
     if args.command == "separate":
         return separate_command(args, overrides)
+    if args.command == "export":
+        return export_command(args, overrides)
     if args.command == "plot":
         return plot_command(args)
     return demo_command(args)
@@ -135,11 +145,8 @@ def separate_command(args, overrides):
                f"on a CPU use --precision bf16 or fp32")
         return EXIT_FAILED
     try:
-        separator = Separator.from_hparams(
-            args.hparams, args.checkpoint, overrides=overrides, device=args.device,
-            chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty(),
-            precision=args.precision,
-        )
+        separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
+                                   progress=sys.stderr.isatty())
     except Exception as err:  # any failure to build or load the model is one message, not a trace
         _error(f"cannot load the model: {err}")
         return EXIT_FAILED
@@ -200,6 +207,56 @@ def separate_command(args, overrides):
     return EXIT_OK
 
 
+def load_separator(args, overrides, **options):
+    """The :class:`Separator` that ``--onnx``, ``--checkpoint`` and ``--hparams`` name."""
+    device = getattr(args, "device", "cpu")
+    precision = getattr(args, "precision", "fp32")
+    if getattr(args, "onnx", None):
+        if args.hparams or args.checkpoint or overrides:
+            raise ValueError("--onnx takes the model from the ONNX file alone: leave out "
+                             "--hparams, --checkpoint and hparams overrides")
+        if precision != "fp32" or device != "cpu":
+            raise ValueError("--onnx runs in fp32 on the CPU: leave out --precision and --device")
+        return Separator.from_onnx(args.onnx, **options)
+    if args.checkpoint is None:
+        raise ValueError("give --checkpoint (with --hparams for a recipe checkpoint) or --onnx")
+    if args.hparams is None:
+        if overrides:
+            raise ValueError(f"hparams overrides ({', '.join('--' + k for k in overrides)}) "
+                             f"need --hparams; a pretrained-model folder describes itself")
+        return Separator.from_pretrained(args.checkpoint, device=device, precision=precision,
+                                         **options)
+    return Separator.from_hparams(args.hparams, args.checkpoint, overrides=overrides,
+                                  device=device, precision=precision, **options)
+
+
+def export_command(args, overrides):
+    """``nass export``: a SpeechBrain pretrained-model folder, or an ONNX file."""
+    try:
+        if args.format == "onnx":
+            separator = load_separator(args, overrides)
+            report = export_onnx_file(separator, args.out_dir, args.window_seconds,
+                                      overwrite=args.overwrite)
+            checked = ", ".join(f"{n} samples {db:.1f} dB" for n, db in
+                                zip(report["lengths"], report["min_sdr_db"]))
+            print(f"nass export: wrote {report['path']} (ONNX Runtime vs PyTorch, worst "
+                  f"output: {checked})")
+        else:
+            if args.hparams is None:
+                raise ValueError("--format speechbrain needs --hparams, the recipe file the "
+                                 "checkpoint was trained with")
+            out = export_pretrained(args.hparams, args.checkpoint, args.out_dir, overrides,
+                                    overwrite=args.overwrite, test_results=args.test_results)
+            print(f"nass export: wrote {out} (SpeechBrain's SepformerSeparation loads it)")
+    except ExportError as err:
+        _error(str(err), command="export")
+        return EXIT_FAILED
+    except Exception as err:  # a model that cannot be loaded or exported: one message
+        _error(f"{type(err).__name__}: {err}", command="export")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def plot_command(args):
     """``nass plot``: one PNG of the mixture's and its outputs' spectrograms."""
     mixture = Path(args.mixture)
@@ -248,7 +305,7 @@ def _error(message, command="separate", level="error"):
 
 
 def _parser():
-    """The argument parser, and the option strings ``nass separate`` knows."""
+    """The argument parser, and ``{command: option strings}`` of the commands taking overrides."""
     parser = argparse.ArgumentParser(
         prog="nass", description="Noise-aware speech separation (NASS) on SpeechBrain.",
     )
@@ -263,12 +320,18 @@ def _parser():
                     "(training options are refused).",
     )
     actions = [
-        separate.add_argument("--hparams", required=True, metavar="HPARAMS.yaml",
+        separate.add_argument("--hparams", metavar="HPARAMS.yaml",
                               help="the recipe hparams file the model was trained with, or "
-                                   "the run's <output_folder>/hyperparams.yaml"),
-        separate.add_argument("--checkpoint", required=True, metavar="CKPT",
+                                   "the run's <output_folder>/hyperparams.yaml (not for a "
+                                   "pretrained-model folder)"),
+        separate.add_argument("--checkpoint", metavar="CKPT",
                               help="a CKPT+... folder, or a save/ folder holding several "
-                                   "(the one of best validation SI-SNR is used)"),
+                                   "(the one of best validation SI-SNR is used); without "
+                                   "--hparams, a SpeechBrain pretrained-model folder "
+                                   "(nass export's, or a hub model's)"),
+        separate.add_argument("--onnx", metavar="MODEL.onnx",
+                              help="run a model written by nass export --format onnx with "
+                                   "ONNX Runtime (CPU) instead"),
         separate.add_argument("--out-dir", metavar="DIR",
                               help="where to write the outputs (default: beside each input)"),
         separate.add_argument("--overwrite", action="store_true",
@@ -295,7 +358,38 @@ def _parser():
                               help="audio files (any format soundfile reads; any sample rate; "
                                    "multichannel files are averaged to mono)"),
     ]
-    known = {"-h", "--help"}.union(*(action.option_strings for action in actions))
+    known = {"separate": {"-h", "--help"}.union(*(a.option_strings for a in actions))}
+
+    export = commands.add_parser(
+        "export", allow_abbrev=False,
+        help="write a trained model as a SpeechBrain pretrained-model folder, or as ONNX",
+        description="Write a trained model as a SpeechBrain pretrained-model folder "
+                    "(hyperparams.yaml, encoder/masknet/decoder.ckpt, README.md model card), "
+                    "which SpeechBrain's SepformerSeparation.from_hparams(source=DIR) and "
+                    f"nass separate --checkpoint DIR load; or as DIR/{ONNX_FILE} "
+                    "(--format onnx). Other --key value options are overrides of the hparams "
+                    "file.",
+    )
+    actions = [
+        export.add_argument("--hparams", metavar="HPARAMS.yaml",
+                            help="the recipe hparams file the model was trained with "
+                                 "(--format onnx also takes a pretrained-model folder "
+                                 "as --checkpoint without it)"),
+        export.add_argument("--checkpoint", metavar="CKPT",
+                            help="a CKPT+... folder, or a save/ folder (its best checkpoint)"),
+        export.add_argument("--out-dir", required=True, metavar="DIR", help="the folder to write"),
+        export.add_argument("--format", choices=["speechbrain", "onnx"], default="speechbrain",
+                            help="speechbrain (default): a pretrained-model folder; onnx: "
+                                 f"DIR/{ONNX_FILE}, checked with ONNX Runtime"),
+        export.add_argument("--window-seconds", type=float, default=2.0, metavar="S",
+                            help="onnx: the input length the graph is traced and checked with "
+                                 "(it then takes any length; default 2)"),
+        export.add_argument("--test-results", metavar="CSV",
+                            help="the run's test_results.csv for the model card (default: "
+                                 "<output_folder>/test_results.csv beside save/, if any)"),
+        export.add_argument("--overwrite", action="store_true", help="replace existing files"),
+    ]
+    known["export"] = {"-h", "--help"}.union(*(a.option_strings for a in actions))
 
     plot = commands.add_parser(
         "plot", help="spectrograms of a mixture and its separated outputs, in one PNG",

@@ -202,6 +202,37 @@ class Separator:
                    chunk_seconds=chunk_seconds, device=device, checkpoint=ckpt, progress=progress,
                    precision=precision)
 
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", chunk_seconds=None, progress=False,
+                        precision="fp32"):
+        """Loads a SpeechBrain pretrained-model folder (:mod:`nass.pretrained`).
+
+        The folder is one written by ``nass export`` (its outputs are
+        labelled as the model was trained: speakers, and the noise) or a
+        SpeechBrain hub model downloaded by the user, e.g.
+        ``speechbrain/sepformer-wham`` (all outputs are speakers).
+        """
+        from nass.pretrained import load_pretrained
+
+        model, hparams, facts = load_pretrained(folder)
+        logger.info("Separating with pretrained model %s", folder)
+        return cls(model, hparams["sample_rate"], facts["noise_assignment"],
+                   chunk_seconds=chunk_seconds, device=device, checkpoint=Path(folder),
+                   progress=progress, precision=precision)
+
+    @classmethod
+    def from_onnx(cls, path, chunk_seconds=None, progress=False):
+        """Runs a model written by ``nass export --format onnx`` with ONNX Runtime (CPU).
+
+        The windows and the labelling of the outputs are those of the
+        PyTorch model (:class:`nass.onnx_export.OnnxSeparator`).
+        """
+        from nass.onnx_export import OnnxSeparator
+
+        model = OnnxSeparator(path)
+        return cls(model, model.sample_rate, model.noise_assignment, chunk_seconds=chunk_seconds,
+                   checkpoint=Path(path), progress=progress)
+
     @property
     def source_names(self):
         """``["spk1", .., "spkC"]``, then ``"noise"`` when the model has a noise output."""

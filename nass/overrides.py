@@ -42,6 +42,11 @@ import yaml
 # nothing there: the one list to extend when separation gains such an option.
 INFERENCE_ROOTS = ("separator", "sample_rate", "outputs", "noise_assignment")
 
+# Settings that shape no model but must agree with one for the hparams file to
+# build: the baseline switch is ``--noise_output False --pcl_weight 0``
+# everywhere, and PCL without a noise output is refused when the file loads.
+INFERENCE_CONSISTENCY = ("pcl_weight",)
+
 # The first lines of the copy ``speechbrain.create_experiment_directory`` saves.
 _RESOLVED_COPY = re.compile(r"\A# Generated [^\n]* from:\n# [^\n]*\n# yamllint disable\n")
 _REF = re.compile(r"<([A-Za-z_]\w*)")
@@ -127,7 +132,8 @@ def check_overrides(overrides, text, source, purpose="training"):
             f"model built from it; give it without overrides (it holds the run's own), or use "
             f"the recipe's hparams file with the run's overrides"
         )
-    inert = None if purpose != "inference" else set(settings) - model_settings(text)
+    inert = None if purpose != "inference" else (
+        set(settings) - model_settings(text) - set(INFERENCE_CONSISTENCY))
     for key, value in overrides.items():
         if key not in settings:
             close = difflib.get_close_matches(key, [k for k in settings if not k.startswith("__")], n=1)

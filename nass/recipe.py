@@ -7,7 +7,9 @@
 3. Build the datasets (or the dynamic-mixing training set).
 4. Train with :class:`nass.brain.SeparationBrain` (resuming from the newest
    checkpoint), unless ``test_only``; a run from scratch starts from the
-   reference's initialisation (:mod:`nass.initialisation`).
+   reference's initialisation (:mod:`nass.initialisation`), then from
+   ``pretrained_separator`` when it names a folder
+   (:func:`nass.pretrained.init_from_pretrained`).
 5. Evaluate the checkpoint :func:`nass.checkpoints.checkpoint_to_evaluate`
    picks (the one ``nass separate`` uses) and write ``test_results.csv``.
 
@@ -49,6 +51,7 @@ from nass.data.prepare import DataFolderError, check_data_folder, prepare_layout
 from nass.initialisation import initialise_like_reference
 from nass.logs import quiet_torchvision_note
 from nass.overrides import OverrideError, check_overrides, plain_settings
+from nass.pretrained import init_from_pretrained, layout_error, missing_files
 
 logger = logging.getLogger(__name__)
 
@@ -258,9 +261,9 @@ def _run(hparams_file, run_opts, overrides, hparams):
         checkpointer=hparams["checkpointer"],
     )
     if not test_only:
-        if "pretrained_separator" not in hparams:
-            # Same seed on every process: the ranks start equal (a resumed run then loads its checkpoint).
-            initialise_like_reference(brain.separator_module, patch_sampler)
+        # Same seed on every process: the ranks start equal (a resumed run then loads its checkpoint).
+        initialise_like_reference(brain.separator_module, patch_sampler)
+        start_from_pretrained(hparams, resuming=hparams["checkpointer"].find_checkpoint() is not None)
         brain.fit(
             brain.hparams.epoch_counter,
             datasets["train"],
@@ -275,6 +278,22 @@ def _run(hparams_file, run_opts, overrides, hparams):
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return brain
+
+
+def start_from_pretrained(hparams, resuming):
+    """Loads ``pretrained_separator`` into the separator, unless the run resumes.
+
+    Called after the modules are built and initialised, so a noise mask the
+    folder lacks keeps that initialisation; a resumed run takes its weights
+    from its own checkpoint instead.
+    """
+    folder = hparams.get("pretrained_separator")
+    if not folder:
+        return
+    if resuming:
+        logger.info("Resuming from a checkpoint: pretrained_separator %s not loaded", folder)
+        return
+    init_from_pretrained(hparams["separator"], folder)
 
 
 def _check_before_writing(hparams, hparams_file, test_only, save_folder):
@@ -347,6 +366,10 @@ def _checkpoint_steps_alone(run_opts):
 
 
 def _check_options(hparams, run_opts):
+    pretrained = hparams.get("pretrained_separator")
+    missing = missing_files(pretrained, with_hparams=False) if pretrained else []
+    if missing:
+        raise RecipeError(f"pretrained_separator: {layout_error(pretrained, missing)}")
     if hparams["outputs"].noise_output and "noise" not in hparams["dataset_layout"].targets:
         raise RecipeError(
             "noise_output is True but the dataset has no noise targets (clean mixtures); "

@@ -105,10 +105,10 @@ class NoiseAwareSeparator(nn.Module):
         # One decoder pass for all outputs; reshape guards against its squeeze().
         decoded = self.decoder(sep_h.reshape(n_out * batch, *sep_h.shape[2:]))
         est = decoded.reshape(n_out, batch, -1).permute(1, 2, 0)
-        if est.shape[1] < length:
-            est = F.pad(est, (0, 0, 0, length - est.shape[1]))
-        else:
-            est = est[:, :length]
+        # The decoder gives at most one stride less than the input: pad by a
+        # stride, then cut. One path for every length, so an exported graph
+        # (ONNX, torch.export) is right for lengths it was not traced with.
+        est = F.pad(est, (0, 0, 0, self.decoder.stride[0]))[:, :length]
         if return_reps:
             return est, sep_h
         return est

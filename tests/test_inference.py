@@ -107,9 +107,15 @@ def test_unknown_override_is_named(checkpoints):
 
 
 def test_overrides_that_do_not_shape_the_model_are_refused(checkpoints):
-    for key, value in (("precision", "bf16"), ("batch_size", 4), ("pcl_weight", 0)):
+    for key, value in (("precision", "bf16"), ("batch_size", 4), ("lr", 0.1)):
         with pytest.raises(ValueError, match=f"--{key} changes nothing when separating"):
             Separator.from_hparams(HPARAMS, checkpoints[0], overrides={**TINY, key: value})
+
+
+def test_the_baseline_switch_is_taken_when_separating():
+    # --pcl_weight shapes no model, but the documented baseline switch needs it for the file to build.
+    model = load_model(HPARAMS, {**TINY, "noise_output": False, "pcl_weight": 0})
+    assert (model.num_spks, model.noise_output) == (2, False)
 
 
 def test_loading_writes_nothing_and_keeps_the_callers_random_stream(checkpoints, tmp_path, monkeypatch):
