@@ -120,24 +120,8 @@ class PatchSampler(nn.Module):
         patch_ids : torch.LongTensor
             The K positions used.
         """
-        reps = list(reps)
-        if not reps:
-            raise ValueError("PatchSampler: reps is empty; expected at least one [B, N, L] tensor")
-        shape = reps[0].shape
-        for i, rep in enumerate(reps):
-            if rep.shape != shape:
-                raise ValueError(
-                    f"PatchSampler: reps[{i}] has shape {tuple(rep.shape)}, expected "
-                    f"{tuple(shape)} like reps[0]"
-                )
-        n_channels, n_frames = self._check_shape(shape, "reps[0]")
-        device = reps[0].device
-        if patch_ids is None:
-            patch_ids = self.draw_patch_ids(shape, num_patches, device=device)
-        else:
-            patch_ids = self._check_ids(patch_ids, n_channels, n_frames).to(device)
-
-        batch = shape[0]
+        reps, shape, patch_ids = _checked_reps(self, reps, num_patches, patch_ids)
+        batch, n_channels, n_frames = shape
         stacked = torch.stack(reps).reshape(len(reps) * batch, n_channels * n_frames)
         windows = stacked[:, self._window_index(patch_ids, n_frames)]
         windows = windows.reshape(-1, 1, PATCH_WINDOW, PATCH_WINDOW)
@@ -267,22 +251,8 @@ class FramePatchSampler(nn.Module):
         Arguments and returns as :meth:`PatchSampler.forward`; ``patch_ids``
         are window starts in ``[0, L - window]``.
         """
-        reps = list(reps)
-        if not reps:
-            raise ValueError("FramePatchSampler: reps is empty; expected at least one [B, N, L] tensor")
-        shape = reps[0].shape
-        for i, rep in enumerate(reps):
-            if rep.shape != shape:
-                raise ValueError(
-                    f"FramePatchSampler: reps[{i}] has shape {tuple(rep.shape)}, expected "
-                    f"{tuple(shape)} like reps[0]"
-                )
-        n_channels, n_frames = self._check_shape(shape, "reps[0]")
+        reps, _, patch_ids = _checked_reps(self, reps, num_patches, patch_ids)
         device = reps[0].device
-        if patch_ids is None:
-            patch_ids = self.draw_patch_ids(shape, num_patches, device=device)
-        else:
-            patch_ids = self._check_ids(patch_ids, n_channels, n_frames).to(device)
         stacked = torch.stack(reps).float()                      # [R, B, N, L]
         if self.centre:
             stacked = stacked - stacked.mean(dim=-1, keepdim=True)
@@ -480,3 +450,29 @@ def build_patch_sampler(pcl_weight, proj_dim=256, kind="scalar", num_channels=No
     if pcl_weight > 0:
         return make_patch_sampler(kind, proj_dim, num_channels, window=window)
     return None
+
+
+def _checked_reps(sampler, reps, num_patches, patch_ids):
+    """``(reps, shape, patch_ids)``: the representations checked alike, and the K positions.
+
+    Shared by both samplers' ``forward``: the positions are drawn when not given,
+    else checked against the representations' shape.
+    """
+    name = type(sampler).__name__
+    reps = list(reps)
+    if not reps:
+        raise ValueError(f"{name}: reps is empty; expected at least one [B, N, L] tensor")
+    shape = reps[0].shape
+    for i, rep in enumerate(reps):
+        if rep.shape != shape:
+            raise ValueError(
+                f"{name}: reps[{i}] has shape {tuple(rep.shape)}, expected "
+                f"{tuple(shape)} like reps[0]"
+            )
+    n_channels, n_frames = sampler._check_shape(shape, "reps[0]")
+    device = reps[0].device
+    if patch_ids is None:
+        patch_ids = sampler.draw_patch_ids(shape, num_patches, device=device)
+    else:
+        patch_ids = sampler._check_ids(patch_ids, n_channels, n_frames).to(device)
+    return reps, shape, patch_ids
