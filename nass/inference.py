@@ -65,7 +65,7 @@ from nass.checkpoints import check_fit, checkpoint_to_evaluate, load_state
 from nass.chunking import DEFAULT_OVERLAP, longest_input, max_positions, separate_in_chunks
 from nass.noise_id import identify_noise, pick_noise, speech_likeness  # noqa: F401 (re-exported)
 from nass.logs import quiet_torchvision_note
-from nass.memory import GIB, default_budget, give_back_large_blocks, longest_window, window_bytes
+from nass.memory import GIB, default_budget, give_back_large_blocks, plan_window
 from nass.outputs import Outputs
 from nass.overrides import check_overrides
 from nass.precision import precision_dtype, set_precision
@@ -385,18 +385,18 @@ class Separator:
                 logger.info(note)
                 note = None
         if self.max_memory is not None:
-            budget = self.max_memory * GIB
-            fits = longest_window(self.model, budget, shortest, upper=size)
+            fits, size_bytes, shortest_bytes = plan_window(self.model, self.max_memory * GIB,
+                                                           shortest, asked=size)
             if fits is None:
                 raise MemoryBudgetError(
                     f"max_memory (--max-memory) of {self.max_memory:.3g} GiB is too little for "
                     f"this model: its weights and the shortest window "
                     f"({shortest / self.sample_rate:.4f} s) need about "
-                    f"{window_bytes(self.model, shortest) / GIB:.3g} GiB")
+                    f"{shortest_bytes / GIB:.3g} GiB")
             if size is None or fits < size:
                 wanted = ("longer windows" if size is None else
                           f"a {size / self.sample_rate:g} s window, about "
-                          f"{window_bytes(self.model, size) / GIB:.3g} GiB,")
+                          f"{size_bytes / GIB:.3g} GiB,")
                 asked_for = f"{chunk_seconds:g} s" if asked else f"the default {chunk_seconds:g} s"
                 note = (f"windows capped at {fits / self.sample_rate:.2f} s instead of "
                         f"{asked_for}: {wanted} would not fit in the {self.max_memory:.3g} GiB "

@@ -2,14 +2,17 @@
 
 A window's peak memory is the model's weights, plus the input, plus the most
 bytes that the tensors of one forward pass hold at any one time. The last is
-found by running the forward pass on *fake* tensors (PyTorch's
-``FakeTensorMode``: shapes, dtypes and devices, no data, no arithmetic) while
-counting the bytes of every tensor from the moment an operation returns it to
-the moment it is freed (:class:`LiveBytes`). So the estimate follows the
-model as it really runs: any block (transformer or RNN), attention through
-the fused kernel or computed explicitly (quadratic in the number of chunks),
-the precision of each part (:mod:`nass.precision`), for any length, in a
-fraction of a second and without allocating anything.
+found by running the forward pass on *meta* tensors (shapes and dtypes, no
+data, no arithmetic) while counting the bytes of every tensor from the
+moment an operation returns it to the moment it is freed
+(:class:`LiveBytes`). So the estimate follows the model as it really runs:
+any block (transformer or RNN), attention through the fused kernel or
+computed explicitly (quadratic in the number of chunks), the precision of
+each part (:mod:`nass.precision`), for any length, in a fraction of a second
+and without allocating anything. Tracing on meta tensors imports
+``torch._dynamo`` and sympy (PyTorch's reference kernels need them): 145 MiB
+that would stay for the whole run, so :func:`plan_window` traces in a forked
+child process.
 
 What it leaves out: scratch memory an operation allocates and frees inside
 itself (e.g. a fused attention's blocks), and the allocator's own overhead.
@@ -41,12 +44,13 @@ import ctypes
 import ctypes.util
 import math
 import os
+import pickle
 import weakref
 from pathlib import Path
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 GIB = 2**30
@@ -61,11 +65,24 @@ LARGE_BLOCK = 2**20
 PRECISION = 0.01
 
 
-class LiveBytes(TorchDispatchMode):
-    """Counts the bytes held by tensors that operations return, and their peak, while active.
+class LiveBytes(TorchFunctionMode):
+    """Counts the bytes held by tensors that torch functions return, and their peak, while active.
 
     Tensors that share storage (views, in-place results) count once; the
-    storages in ``external`` (weights, inputs) never count.
+    storages in ``external`` (weights, inputs) never count. Functions are
+    seen as the model calls them (before PyTorch splits them into smaller
+    operations), so what a function holds only while it runs is not seen,
+    except for the kernels that :meth:`stand_in` makes as they would run on
+    a CPU or a GPU:
+
+    * ``scaled_dot_product_attention``: on a meta tensor PyTorch computes it
+      the explicit way (attention weights of ``queries x keys``), while on a
+      CPU or GPU the fused kernel only makes the output; so only the output
+      is made.
+    * The RNN kernels of SpeechBrain's RNN blocks (``torch._VF.lstm``,
+      ``gru``, ``rnn_tanh``, ``rnn_relu``): their meta versions step through
+      time in Python (tens of seconds for a long window); their tensors are
+      made as the CPU kernel makes them (:meth:`_rnn_layers`).
     """
 
     def __init__(self, external=()):
@@ -76,25 +93,34 @@ class LiveBytes(TorchDispatchMode):
         self.now = 0
         self.peak = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(result)[0]:
-            if isinstance(tensor, torch.Tensor):
-                self._hold(tensor)
-        self.peak = max(self.peak, self.now)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            query, value = args[0], args[2]
+            result = self.hold(query.new_empty((*query.shape[:-1], value.shape[-1])))
+        elif func in RNN_GATES and isinstance(args[1], (tuple, list)):
+            result = self._rnn_layers(RNN_GATES[func], *args)
+        else:
+            result = func(*args, **kwargs)
+            for tensor in tree_flatten(result)[0]:
+                if isinstance(tensor, torch.Tensor):
+                    self.hold(tensor)
         return result
 
-    def _hold(self, tensor):
+    def hold(self, tensor):
+        """Counts ``tensor``'s storage until the last tensor seen holding it is freed."""
         storage = tensor.untyped_storage()
         key = storage._cdata
         if key in self.external:
-            return
+            return tensor
         if key not in self.holders:
             self.holders[key] = 0
             self.sizes[key] = storage.nbytes()
             self.now += self.sizes[key]
+            self.peak = max(self.peak, self.now)
         self.holders[key] += 1
         weakref.finalize(tensor, self._release, key)
+        return tensor
 
     def _release(self, key):
         self.holders[key] -= 1
@@ -102,23 +128,49 @@ class LiveBytes(TorchDispatchMode):
             del self.holders[key]
             self.now -= self.sizes.pop(key)
 
+    def _rnn_layers(self, gates, inputs, hx, weights, has_biases, num_layers, dropout, train,
+                    bidirectional, batch_first):
+        """An RNN kernel's outputs, its intermediate tensors made (and freed) in the kernel's order.
+
+        Per layer and direction: the input's projection for every step
+        (``gates x hidden`` wide), then the step outputs, stacked; the
+        directions' outputs concatenated make the next layer's input.
+        """
+        states = list(hx)
+        size = states[0].shape[-1]
+        steps, batch = (inputs.shape[1], inputs.shape[0]) if batch_first else inputs.shape[:2]
+        layer_input = inputs
+        for _ in range(num_layers):
+            outputs = []
+            for _ in range(2 if bidirectional else 1):
+                projection = self.hold(inputs.new_empty(steps, batch, gates * size))
+                step_outputs = self.hold(inputs.new_empty(steps, batch, size))
+                outputs.append(self.hold(step_outputs.clone()))
+                del projection, step_outputs
+            layer_input = self.hold(torch.cat(outputs, dim=-1)) if len(outputs) > 1 else outputs[0]
+            del outputs
+        output = layer_input.transpose(0, 1) if batch_first else layer_input
+        return (output, *(self.hold(state.new_empty(state.shape)) for state in states))
+
+
+# Gates per unit of each RNN kernel: the width of its input projection.
+RNN_GATES = {torch._VF.lstm: 4, torch._VF.gru: 3, torch._VF.rnn_tanh: 1, torch._VF.rnn_relu: 1}
+
 
 def forward_bytes(model, samples):
     """The most bytes the tensors of ``model``'s forward pass on ``[1, samples]`` hold at once.
 
-    Traced on fake tensors (nothing is computed or allocated), under
-    ``no_grad``, with ``model``'s own dtypes, device and hooks.
+    Traced on meta tensors (nothing is computed or allocated), under
+    ``no_grad``, with ``model``'s own dtypes and hooks, as if on a CPU or
+    a GPU (:class:`LiveBytes`).
     """
-    weights = dict(model.named_parameters())
-    weights.update(model.named_buffers())
-    device = next(iter(weights.values())).device
-    with FakeTensorMode() as fake:
-        fake_weights = {name: fake.from_tensor(value) for name, value in weights.items()}
-        mixture = torch.zeros(1, int(samples), device=device)
+    weights = {name: torch.empty_like(value, device="meta") for name, value in
+               [*model.named_parameters(), *model.named_buffers()]}
+    mixture = torch.zeros(1, int(samples), device="meta")
     counter = LiveBytes(external=[t.untyped_storage()._cdata
-                                  for t in [mixture, *fake_weights.values()]])
-    with torch.no_grad(), fake, counter:
-        torch.func.functional_call(model, fake_weights, (mixture,))
+                                  for t in [mixture, *weights.values()]])
+    with torch.no_grad(), counter:
+        torch.func.functional_call(model, weights, (mixture,))
     return counter.peak
 
 
@@ -160,6 +212,61 @@ def longest_window(model, budget, shortest, upper=None):
         else:
             high = middle
     return low
+
+
+def plan_window(model, budget, shortest, asked=None):
+    """``(longest, asked_bytes, shortest_bytes)``: the window to use and the estimates to report.
+
+    ``longest`` is :func:`longest_window` up to ``asked`` samples (None: no
+    bound), None when not even ``shortest`` fits; ``asked_bytes`` and
+    ``shortest_bytes`` are the :func:`window_bytes` of ``asked`` (None when
+    None or when it fits) and of ``shortest``. Traced in a child process
+    (:func:`in_a_child`).
+    """
+    return in_a_child(_plan_window, model, budget, shortest, asked)
+
+
+def _plan_window(model, budget, shortest, asked):
+    longest = longest_window(model, budget, shortest, upper=asked)
+    asked_bytes = None if asked is None or longest == asked else window_bytes(model, asked)
+    return longest, asked_bytes, window_bytes(model, shortest)
+
+
+def in_a_child(function, *args):
+    """``function(*args)`` computed in a forked child process, whose memory goes when it ends.
+
+    The child gets a copy of this process (nothing is copied until it is
+    written) and sends the result back through a pipe; where there is no
+    ``fork`` (Windows), ``function`` runs here.
+
+    >>> in_a_child(sum, [1, 2, 3])
+    6
+    """
+    if not hasattr(os, "fork"):
+        return function(*args)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            try:
+                result = (True, function(*args))
+            except Exception as err:  # sent back, raised in the parent
+                result = (False, err)
+            with os.fdopen(write, "wb") as pipe:
+                pickle.dump(result, pipe)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"in_a_child: the child process computing {function.__name__} died")
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise value
+    return value
 
 
 def available_memory(device):

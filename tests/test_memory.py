@@ -17,6 +17,8 @@ from nass.cli import main
 from nass.inference import MemoryBudgetError, Separator, load_model
 from nass.memory import GIB, forward_bytes, longest_window, window_bytes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DPRNN = HPARAMS.with_name("dprnn-libri2mix.yaml")
 TINY_DPRNN = {"N_encoder_out": 16, "out_channels": 16, "rnn_hidden": 8,
               "num_dual_path_layers": 1, "chunk_size": 20}
