@@ -79,6 +79,10 @@ class LiveBytes(TorchFunctionMode):
       the explicit way (attention weights of ``queries x keys``), while on a
       CPU or GPU the fused kernel only makes the output; so only the output
       is made.
+    * ``multi_head_attention_forward`` (``nn.MultiheadAttention``, which
+      SpeechBrain's attention calls asking for the attention weights): seen
+      whole, it would hide its ``queries x keys`` weights; they are made as
+      its code makes them (:meth:`_multi_head_attention`).
     * The RNN kernels of SpeechBrain's RNN blocks (``torch._VF.lstm``,
       ``gru``, ``rnn_tanh``, ``rnn_relu``): their meta versions step through
       time in Python (tens of seconds for a long window); their tensors are
@@ -98,6 +102,8 @@ class LiveBytes(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             query, value = args[0], args[2]
             result = self.hold(query.new_empty((*query.shape[:-1], value.shape[-1])))
+        elif func is F.multi_head_attention_forward:
+            result = self._multi_head_attention(*args, **kwargs)
         elif func in RNN_GATES and isinstance(args[1], (tuple, list)):
             result = self._rnn_layers(RNN_GATES[func], *args)
         else:
@@ -127,6 +133,38 @@ class LiveBytes(TorchFunctionMode):
         if not self.holders[key]:
             del self.holders[key]
             self.now -= self.sizes.pop(key)
+
+    def _multi_head_attention(self, query, key, value, embed_dim, num_heads, *args,
+                              need_weights=True, average_attn_weights=True, **kwargs):
+        """``F.multi_head_attention_forward``'s outputs, its tensors made in its order (self-attention).
+
+        The packed input projection (made, then made contiguous), the
+        queries scaled; with ``need_weights``, the attention scores and
+        their softmax (``batch x heads x queries x keys`` each), else the
+        fused kernel's output; the heads' outputs made contiguous, the
+        output projection, and the weights averaged over heads.
+        """
+        queries, batch = query.shape[:2]
+        keys = key.shape[0]
+        projected = self.hold(query.new_empty(queries, batch, 3 * embed_dim))
+        packed = self.hold(query.new_empty(3, queries, batch, embed_dim))
+        del projected
+        scaled = self.hold(query.new_empty(batch * num_heads, queries, embed_dim // num_heads))
+        weights = None
+        if need_weights:
+            scores = self.hold(query.new_empty(batch * num_heads, queries, keys))
+            weights = self.hold(query.new_empty(batch * num_heads, queries, keys))
+            del scores
+        heads = self.hold(query.new_empty(batch * num_heads, queries, embed_dim // num_heads))
+        del packed, scaled
+        joined = self.hold(query.new_empty(queries * batch, embed_dim))
+        output = self.hold(query.new_empty(queries, batch, embed_dim))
+        del heads, joined
+        if weights is not None:
+            weights = weights.view(batch, num_heads, queries, keys)
+            if average_attn_weights:
+                weights = self.hold(weights.new_empty(batch, queries, keys))
+        return output, weights
 
     def _rnn_layers(self, gates, inputs, hx, weights, has_biases, num_layers, dropout, train,
                     bidirectional, batch_first):
@@ -267,6 +305,31 @@ def in_a_child(function, *args):
     if not ok:
         raise value
     return value
+
+
+def measured_forward_bytes(model, samples):
+    """How much one real forward pass on ``[1, samples]`` raised this process's resident memory (Linux).
+
+    For checking :func:`forward_bytes`: the pass runs once on a short input
+    first (lazy initialisation, the kernels' caches), then the peak is reset
+    (``/proc/self/clear_refs``) and the pass on ``samples`` runs; the answer
+    is its peak resident memory minus that before it. Call
+    :func:`give_back_large_blocks` first, as :class:`nass.inference.Separator`
+    does, and run it in a fresh process.
+    """
+    mixture = torch.randn(1, int(samples), generator=torch.Generator().manual_seed(0))
+
+    def status(key):
+        with open("/proc/self/status", encoding="ascii") as lines:
+            return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+
+    with torch.no_grad():
+        model(mixture[:, :min(int(samples), 4000)])
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+        before = status("VmRSS:")
+        model(mixture)
+        return status("VmHWM:") - before
 
 
 def available_memory(device):
