@@ -311,9 +311,10 @@ class Separator:
                                          fixed_last=self.outputs.fixed_noise,
                                          progress=self.progress)[0]
         order, report = self._output_order(outputs, noise_output)
-        outputs = outputs[:, order]
-        back = self._resample(outputs.T.contiguous(), self.sample_rate, sample_rate)
-        back = _fit_length(back, mono.shape[-1])
+        # One copy, [T, S] -> [S, T] in the sources' order (4 bytes per sample
+        # and output on a long file).
+        outputs = torch.stack([outputs[:, k] for k in order])
+        back = _fit_length(self._resample(outputs, self.sample_rate, sample_rate), mono.shape[-1])
         return Sources(zip(self.source_names, back.float().unbind(0)), report)
 
     def _run_model(self, mixture):

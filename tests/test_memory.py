@@ -2,6 +2,7 @@
 
 import json
 import math
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
 from nass.cli import main
 from nass.inference import MemoryBudgetError, Separator, load_model
-from nass.memory import GIB, forward_bytes, longest_window, window_bytes
+from nass.memory import GIB, forward_bytes, give_back_large_blocks, longest_window, window_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,6 +57,10 @@ def test_the_estimate_is_within_20_percent_of_the_measured_peak():
         # A few tens of MB each; the estimate leaves out scratch memory inside
         # operations (a convolution's unfolded input), hence more room below.
         assert 0.8 * measured <= estimate <= 1.1 * measured, (name, measured, estimate)
+
+
+def test_malloc_is_set_where_it_is_glibc():
+    assert give_back_large_blocks() == (platform.libc_ver()[0] == "glibc")
 
 
 def test_the_estimate_follows_the_attention_quadratic_or_not():
