@@ -33,13 +33,15 @@ b. the exact fused path, fp32 (:mod:`nass.attention`, the recipes' default);
 c. bf16 (:func:`nass.precision.set_precision` on b);
 d. optionally (``--extra``): ``int8``, b with its linear layers dynamically
    quantised to int8 (CPU only); ``compile``, b through ``torch.compile``;
-f. on CUDA (``--device cuda``), also fp16.
+f. fp16, on CUDA (``--device cuda``) and on a CPU with native fp16 matrix
+   products (:func:`nass.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16).
 
 All variants have the same weights. It prints the CPU's bf16/AMX features,
 a table of medians, speedups over (a) and each variant's agreement with (a)
 (largest absolute difference; lowest SI-SNR over the outputs, in dB), and
 the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
-speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``.
+speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``,
+and ``speedup_fp16=<a/f> agreement_fp16_db=<...>`` where f ran.
 
 ``--agreement FILE...`` runs ``nass separate`` (same random-weight model,
 default window) with ``--precision fp32`` and with ``bf16`` on each file,
@@ -79,7 +81,7 @@ from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 import nass  # noqa: E402
 from nass.inference import load_model  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
-from nass.precision import set_precision  # noqa: E402
+from nass.precision import cpu_has_fp16_matmul, set_precision  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -145,7 +147,7 @@ def cpu_features():
 def compare_variants(extra, device, seed=0):
     """``{name: model}``: (a) SpeechBrain's attention, (b) fused, (c) bf16, then the others.
 
-    On CUDA, fp16 is one of the others.
+    fp16 is one of the others on CUDA, and on a CPU with native fp16 matrix products.
     """
     torch.manual_seed(seed)
     shipped = load_model(HPARAMS, {"fused_attention": False}).eval().to(device)
@@ -156,7 +158,7 @@ def compare_variants(extra, device, seed=0):
         "b: fused attention, fp32": fused,
         "c: fused attention, bf16": set_precision(copy.deepcopy(fused), "bf16"),
     }
-    if device.type == "cuda":
+    if device.type == "cuda" or cpu_has_fp16_matmul():
         variants["f: fused attention, fp16"] = set_precision(copy.deepcopy(fused), "fp16")
     if "int8" in extra:
         variants["d: fused, int8 dynamic linear"] = torch.ao.quantization.quantize_dynamic(
@@ -206,12 +208,17 @@ def compare(args):
     print(format_table(["variant", "median s", "min s", "speedup vs a", "max |x-a|",
                         "min SI-SNR vs a dB"], rows))
     print("speedup: median over repetitions of a's time / the variant's, run side by side")
-    print(last_line(
+    figures = dict(
         speedup_exact=paired_ratio(base_times, timing.seconds[names[1]]),
         max_abs_diff_exact=f"{agreement[names[1]][0]:.2e}",
         speedup_bf16=paired_ratio(base_times, timing.seconds[names[2]]),
         agreement_bf16_db=agreement[names[2]][1],
-    ))
+    )
+    fp16 = next((name for name in names if "fp16" in name), None)
+    if fp16 is not None:
+        figures.update(speedup_fp16=paired_ratio(base_times, timing.seconds[fp16]),
+                       agreement_fp16_db=agreement[fp16][1])
+    print(last_line(**figures))
 
 
 def agreement(args, checkpoint, out_dir):
@@ -241,7 +248,7 @@ def main():
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--chunk-seconds", type=float, default=None,
                         help="window length (default: nass separate's)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="nass separate --precision (default fp32)")
     parser.add_argument("--compare", action="store_true",
                         help="time SpeechBrain's attention, the fused one and bf16 on one window")
