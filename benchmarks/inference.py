@@ -36,8 +36,9 @@ d. optionally (``--extra``): ``int8``, b with its linear layers dynamically
 f. fp16, on CUDA (``--device cuda``) and on a CPU with native fp16 matrix
    products (:func:`nass.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16).
 
-All variants have the same weights. It prints the CPU's bf16/AMX features,
-a table of medians, speedups over (a) and each variant's agreement with (a)
+All variants have the same weights. It prints the CPU's bf16/AMX features
+and the rate of one of the model's linear layers in each precision (the
+most that bf16 or fp16 can gain on this hardware), a table of medians, speedups over (a) and each variant's agreement with (a)
 (largest absolute difference; lowest SI-SNR over the outputs, in dB), and
 the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
 speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``,
@@ -169,12 +170,38 @@ def compare_variants(extra, device, seed=0):
     return variants
 
 
+def matmul_rates(device, tokens=8000, reps=5):
+    """``{dtype name: GFLOP/s}`` of one feed-forward linear layer of the model (256 -> 1024).
+
+    What bf16 and fp16 can gain on this hardware at most: the linear layers
+    are most of the Sepformer's time. Each dtype alternates with the others,
+    median of ``reps``.
+    """
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device.type == "cuda" or cpu_has_fp16_matmul():
+        dtypes["fp16"] = torch.float16
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(tokens, 256, generator=gen), torch.randn(1024, 256, generator=gen) / 16
+    cases = {}
+    for name, dtype in dtypes.items():
+        xd, wd = x.to(device, dtype), w.to(device, dtype)
+        cases[name] = lambda xd=xd, wd=wd: torch.nn.functional.linear(xd, wd)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    timing = interleave(cases, reps, sync=sync)
+    flops = 2 * tokens * 256 * 1024
+    return {name: flops / statistics.median(timing.seconds[name]) / 1e9 for name in dtypes}
+
+
 def compare(args):
     """Times the variants on one window, alternating; prints the table and the last line."""
     features = cpu_features()
     print("CPU features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items())
           + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
     device = torch.device(args.device)
+    rates = matmul_rates(device)
+    print("one linear layer [8000, 256] x [256, 1024]: "
+          + ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items())
+          + " (bf16 and fp16 can gain at most their rate over fp32's)", flush=True)
     window = torch.from_numpy(long_mixture(args.window_seconds / 60))[None].to(device)
     variants = compare_variants(args.extra, device)
     print(f"release-size Sepformer-NASS (random weights), one {args.window_seconds:g} s window "
