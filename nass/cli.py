@@ -159,7 +159,8 @@ def separate_command(args, overrides):
     except OutputPathError as err:
         _error(f"{err}; nothing was separated")
         return EXIT_FAILED
-    print(f"nass separate: using checkpoint {separator.checkpoint}")
+    what = "ONNX model" if getattr(args, "onnx", None) else "checkpoint"
+    print(f"nass separate: using {what} {separator.checkpoint}")
     if separator.window_note:
         _error(separator.window_note, level="note")
     if args.noise_output is not None:
