@@ -34,13 +34,16 @@ b. the exact fused path, fp32 (:mod:`nass.attention`, the recipes' default);
 c. bf16 (:func:`nass.precision.set_precision` on b);
 d. optionally (``--extra``): ``int8``, b with its linear layers dynamically
    quantised to int8 (CPU only); ``compile``, b through ``torch.compile``;
-f. on CUDA (``--device cuda``), also fp16.
+f. fp16, on CUDA (``--device cuda``) and on a CPU with native fp16 matrix
+   products (:func:`nass.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16).
 
-All variants have the same weights. It prints the CPU's bf16/AMX features,
-a table of medians, speedups over (a) and each variant's agreement with (a)
+All variants have the same weights. It prints the CPU's bf16/AMX features
+and the rate of one of the model's linear layers in each precision (the
+most that bf16 or fp16 can gain on this hardware), a table of medians, speedups over (a) and each variant's agreement with (a)
 (largest absolute difference; lowest SI-SNR over the outputs, in dB), and
 the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
-speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``.
+speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``,
+and ``speedup_fp16=<a/f> agreement_fp16_db=<...>`` where f ran.
 
 ``--memory`` checks :mod:`nass.memory`'s estimate of a window's memory on
 the release-size Sepformer (fused attention, and SpeechBrain's explicit
@@ -89,7 +92,7 @@ from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 import nass  # noqa: E402
 from nass.inference import load_model  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
-from nass.precision import set_precision  # noqa: E402
+from nass.precision import cpu_has_fp16_matmul, set_precision  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -155,7 +158,7 @@ def cpu_features():
 def compare_variants(extra, device, seed=0):
     """``{name: model}``: (a) SpeechBrain's attention, (b) fused, (c) bf16, then the others.
 
-    On CUDA, fp16 is one of the others.
+    fp16 is one of the others on CUDA, and on a CPU with native fp16 matrix products.
     """
     torch.manual_seed(seed)
     shipped = load_model(HPARAMS, {"fused_attention": False}).eval().to(device)
@@ -166,7 +169,7 @@ def compare_variants(extra, device, seed=0):
         "b: fused attention, fp32": fused,
         "c: fused attention, bf16": set_precision(copy.deepcopy(fused), "bf16"),
     }
-    if device.type == "cuda":
+    if device.type == "cuda" or cpu_has_fp16_matmul():
         variants["f: fused attention, fp16"] = set_precision(copy.deepcopy(fused), "fp16")
     if "int8" in extra:
         variants["d: fused, int8 dynamic linear"] = torch.ao.quantization.quantize_dynamic(
@@ -177,12 +180,38 @@ def compare_variants(extra, device, seed=0):
     return variants
 
 
+def matmul_rates(device, tokens=8000, reps=5):
+    """``{dtype name: GFLOP/s}`` of one feed-forward linear layer of the model (256 -> 1024).
+
+    What bf16 and fp16 can gain on this hardware at most: the linear layers
+    are most of the Sepformer's time. Each dtype alternates with the others,
+    median of ``reps``.
+    """
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device.type == "cuda" or cpu_has_fp16_matmul():
+        dtypes["fp16"] = torch.float16
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(tokens, 256, generator=gen), torch.randn(1024, 256, generator=gen) / 16
+    cases = {}
+    for name, dtype in dtypes.items():
+        xd, wd = x.to(device, dtype), w.to(device, dtype)
+        cases[name] = lambda xd=xd, wd=wd: torch.nn.functional.linear(xd, wd)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    timing = interleave(cases, reps, sync=sync)
+    flops = 2 * tokens * 256 * 1024
+    return {name: flops / statistics.median(timing.seconds[name]) / 1e9 for name in dtypes}
+
+
 def compare(args):
     """Times the variants on one window, alternating; prints the table and the last line."""
     features = cpu_features()
     print("CPU features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items())
           + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
     device = torch.device(args.device)
+    rates = matmul_rates(device)
+    print("one linear layer [8000, 256] x [256, 1024]: "
+          + ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items())
+          + " (bf16 and fp16 can gain at most their rate over fp32's)", flush=True)
     window = torch.from_numpy(long_mixture(args.window_seconds / 60))[None].to(device)
     variants = compare_variants(args.extra, device)
     print(f"release-size Sepformer-NASS (random weights), one {args.window_seconds:g} s window "
@@ -216,12 +245,17 @@ def compare(args):
     print(format_table(["variant", "median s", "min s", "speedup vs a", "max |x-a|",
                         "min SI-SNR vs a dB"], rows))
     print("speedup: median over repetitions of a's time / the variant's, run side by side")
-    print(last_line(
+    figures = dict(
         speedup_exact=paired_ratio(base_times, timing.seconds[names[1]]),
         max_abs_diff_exact=f"{agreement[names[1]][0]:.2e}",
         speedup_bf16=paired_ratio(base_times, timing.seconds[names[2]]),
         agreement_bf16_db=agreement[names[2]][1],
-    ))
+    )
+    fp16 = next((name for name in names if "fp16" in name), None)
+    if fp16 is not None:
+        figures.update(speedup_fp16=paired_ratio(base_times, timing.seconds[fp16]),
+                       agreement_fp16_db=agreement[fp16][1])
+    print(last_line(**figures))
 
 
 # One forward pass measured and estimated, in a fresh process (see --memory).
@@ -288,7 +322,7 @@ def main():
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--chunk-seconds", type=float, default=None,
                         help="window length (default: nass separate's)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="nass separate --precision (default fp32)")
     parser.add_argument("--compare", action="store_true",
                         help="time SpeechBrain's attention, the fused one and bf16 on one window")

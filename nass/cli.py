@@ -9,7 +9,7 @@ how the noise output was chosen and its scores (see
 :class:`nass.inference.Sources`), and the checkpoint. When the choice of the
 noise output is close, one line on stderr names the input; ``--noise-output
 K`` makes model output ``K`` the noise instead. ``--precision bf16`` (or
-``fp16`` on CUDA) runs the mask network in half precision
+``fp16`` on CUDA and CPUs with native fp16) runs the mask network in half precision
 (:mod:`nass.precision`); the default is fp32. Options it does not know,
 like ``--num_spks 3``, are HyperPyYAML overrides of the hparams file, as on
 a recipe's command line; they must describe the trained model, and options
@@ -76,6 +76,7 @@ from nass.export import ONNX_FILE, ExportError, export_onnx_file, export_pretrai
 from nass.inference import (DEFAULT_CHUNK_SECONDS, MemoryBudgetError, Separator, report_path,
                             save_report)
 from nass.logs import quiet_torchvision_note
+from nass.precision import precision_dtype
 
 # argparse itself exits with 2 on usage errors.
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -141,9 +142,10 @@ def split_overrides(tokens, known_options):
 
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
-    if args.precision == "fp16" and not args.device.startswith("cuda"):
-        _error(f"--precision fp16 needs a CUDA device (--device is {args.device}); "
-               f"on a CPU use --precision bf16 or fp32")
+    try:
+        precision_dtype(args.precision, args.device)
+    except ValueError as err:
+        _error(f"--precision {args.precision}: {err}")
         return EXIT_FAILED
     try:
         separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
@@ -161,7 +163,8 @@ def separate_command(args, overrides):
     except OutputPathError as err:
         _error(f"{err}; nothing was separated")
         return EXIT_FAILED
-    print(f"nass separate: using checkpoint {separator.checkpoint}")
+    what = "ONNX model" if getattr(args, "onnx", None) else "checkpoint"
+    print(f"nass separate: using {what} {separator.checkpoint}")
     if separator.window_note:
         _error(separator.window_note, level="note")
     if args.noise_output is not None:
@@ -366,7 +369,9 @@ def _parser():
                               help="fp32: the exact model (default); bf16: the mask network's "
                                    "weights in bf16 (less memory; faster on CPUs with AMX and on "
                                    "GPUs), outputs about 40 dB SI-SNR from fp32's; fp16: the same "
-                                   "in fp16, CUDA only"),
+                                   "in fp16 (closer to fp32 than bf16, smaller range), on CUDA "
+                                   "and on CPUs with native fp16 matrix products (AVX512-FP16, "
+                                   "AMX-FP16)"),
         separate.add_argument("inputs", nargs="+", metavar="INPUT",
                               help="audio files (any format soundfile reads; any sample rate; "
                                    "multichannel files are averaged to mono)"),

@@ -14,8 +14,17 @@ in place for inference. Its weights are cast once (not per operation, as
 * the encoder and decoder (tiny, and the waveforms' precision matters) stay fp32.
 
 Inputs and outputs stay fp32 tensors; state-dict names are unchanged.
-fp16 is for CUDA only: CPUs have no fast fp16 matmuls, and its range is too
-small to run without the loss scaling of training.
+Which is faster depends on the hardware (figures in benchmarks/README.md):
+
+* bf16 needs AMX (or a GPU) to beat fp32: on a CPU with AVX512-BF16 but no
+  AMX, oneDNN's bf16 matrix products are slower than MKL's fp32 ones, and
+  bf16 saves only memory there.
+* fp16 runs on CUDA, and on CPUs whose oneDNN has native fp16 matrix
+  products (AVX512-FP16 or AMX-FP16, :func:`cpu_has_fp16_matmul`); other
+  CPUs would emulate it, slowly, and are refused. fp16 keeps 3 more bits of
+  mantissa than bf16 but a far smaller range: an input on which the mask
+  network overflows gives non-finite outputs, which :func:`check_finite`
+  turns into an error that says to use bf16 or fp32.
 
 Example
 -------
@@ -52,20 +61,50 @@ MASK_HEAD = ("conv2d", "output", "output_gate", "end_conv1x1")
 def precision_dtype(precision, device=None):
     """The dtype of ``precision`` (fp32, bf16, fp16), usable on ``device`` if given; else ValueError.
 
+    fp16 needs CUDA, or a CPU with native fp16 matrix products (:func:`cpu_has_fp16_matmul`).
+
     >>> precision_dtype("bf16")
     torch.bfloat16
-    >>> precision_dtype("fp16", "cpu")
+    >>> precision_dtype("fp16", "cuda")
+    torch.float16
+    >>> precision_dtype("fp8")
     Traceback (most recent call last):
     ...
-    ValueError: precision fp16 needs a CUDA device (device is cpu); on a CPU use bf16 or fp32
+    ValueError: precision must be one of fp32, bf16, fp16, got 'fp8'
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
-        raise ValueError(
-            f"precision fp16 needs a CUDA device (device is {device}); on a CPU use bf16 or fp32"
-        )
+    if precision == "fp16" and device is not None:
+        kind = torch.device(device).type
+        if kind not in ("cuda", "cpu") or (kind == "cpu" and not cpu_has_fp16_matmul()):
+            raise ValueError(
+                f"precision fp16 needs a CUDA device or a CPU with native fp16 matrix products "
+                f"(AVX512-FP16 or AMX-FP16), and device {device} has none; use bf16 or fp32"
+            )
     return PRECISIONS[precision]
+
+
+def cpu_has_fp16_matmul():
+    """Whether this CPU multiplies fp16 matrices natively (oneDNN with AVX512-FP16 or AMX-FP16)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def check_finite(outputs, precision):
+    """``outputs``, or a RuntimeError when a half-precision run gave inf or NaN (an overflow).
+
+    >>> check_finite(torch.tensor([1.0, float("inf")]), "fp16")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: the mask network overflowed in fp16 on this input (non-finite outputs); use --precision bf16 or fp32
+    """
+    if precision != "fp32" and not bool(torch.isfinite(outputs).all()):
+        raise RuntimeError(f"the mask network overflowed in {precision} on this input "
+                           f"(non-finite outputs); use --precision bf16 or fp32")
+    return outputs
 
 
 def set_precision(model, precision):
@@ -74,7 +113,7 @@ def set_precision(model, precision):
     Arguments
     ---------
     model : nass.separator.NoiseAwareSeparator
-        In fp32, on the device it will run on (fp16 needs CUDA).
+        In fp32, on the device it will run on (fp16: see :func:`precision_dtype`).
     precision : str
         ``fp32`` (nothing changes), ``bf16`` or ``fp16``.
 

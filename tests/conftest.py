@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic corpora and the tiny-model overrides of the recipes."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -29,6 +30,29 @@ TINY_DPRNN = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The root logger's handlers and level as they were before each test.
+
+    A recipe run in-process (SpeechBrain's ``create_experiment_directory``)
+    replaces them with a console handler on the ``sys.stdout`` of that
+    moment, which is pytest's capture of that one test: later tests would
+    log into a closed stream, and every record would print a "Logging
+    error" traceback into their captured stderr.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread; OpenMP's spinning threads crawl on a shared CPU."""
@@ -36,6 +60,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A save/ folder holding one random tiny-model checkpoint (2 speakers + noise)."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from nass.inference import load_model
+
+    save = tmp_path_factory.mktemp("save")
+    torch.manual_seed(0)
+    model = load_model(LIBRIMIX_HPARAMS, TINY)
+    Checkpointer(save, {"encoder": model.encoder, "masknet": model.masknet,
+                        "decoder": model.decoder}).save_checkpoint(meta={"si-snr": -1.0})
+    return save
+
+
+def separate(checkpoint, *args):
+    """``nass separate`` with the tiny model of ``checkpoint``; returns the exit status."""
+    from nass.cli import main
+
+    return main(["separate", "--hparams", str(LIBRIMIX_HPARAMS), "--checkpoint", str(checkpoint),
+                 *TINY_ARGS, *map(str, args)])
 
 
 @pytest.fixture(scope="session")

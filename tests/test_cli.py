@@ -12,26 +12,14 @@ import pytest
 import soundfile as sf
 import torch
 from hyperpyyaml import resolve_references
-from speechbrain.utils.checkpoints import Checkpointer
 
-from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, TINY_ARGS
+from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, separate
 from nass.cli import main
 from nass.demo import RECIPE_HPARAMS as DEMO_HPARAMS, claim_out_dir
-from nass.inference import Separator, load_model
+from nass.inference import Separator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A save/ folder holding one random tiny-model checkpoint (2 speakers + noise)."""
-    save = tmp_path_factory.mktemp("save")
-    torch.manual_seed(0)
-    model = load_model(HPARAMS, TINY)
-    Checkpointer(save, {"encoder": model.encoder, "masknet": model.masknet,
-                        "decoder": model.decoder}).save_checkpoint(meta={"si-snr": -1.0})
-    return save
 
 
 def voice(seconds, sample_rate, f0=140.0):
@@ -43,11 +31,6 @@ def voice(seconds, sample_rate, f0=140.0):
 def ours(stderr):
     """nass's own lines of ``stderr`` (other tests may leave loggers writing there too)."""
     return [line for line in stderr.splitlines() if line.startswith("nass ")]
-
-
-def separate(checkpoint, *args):
-    return main(["separate", "--hparams", str(HPARAMS), "--checkpoint", str(checkpoint),
-                 *TINY_ARGS, *map(str, args)])
 
 
 @pytest.mark.parametrize("command", ["separate", "plot", "demo"])

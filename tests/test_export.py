@@ -295,6 +295,8 @@ def test_onnx_export_agrees_with_pytorch_and_separates_with_the_same_windows(tmp
                                    *one_layer]}.items():
         assert main(["separate", *source, str(tmp_path / "talk.wav"), "--chunk-seconds", "0.4",
                      "--out-dir", str(tmp_path / name)]) == 0
+        used = {"onnx": f"ONNX model {source[1]}", "torch": "checkpoint "}[name]
+        assert f"nass separate: using {used}" in capsys.readouterr().out
     for output in ("spk1", "spk2", "noise"):
         torch_out = sf.read(tmp_path / "torch" / f"talk_{output}.wav")[0]
         onnx_out = sf.read(tmp_path / "onnx" / f"talk_{output}.wav")[0]

@@ -61,9 +61,11 @@ def test_bf16_separation_agrees_with_fp32():
         assert si_snr(out[name], ref[name]) > 30, name
 
 
-def test_fp16_on_cpu_and_unknown_precisions_are_refused(tmp_path, capsys):
+def test_fp16_on_a_cpu_without_native_fp16_and_unknown_precisions_are_refused(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(nass.precision, "cpu_has_fp16_matmul", lambda: False)
     model = load_model(HPARAMS, TINY)
-    with pytest.raises(ValueError, match="precision fp16 needs a CUDA device"):
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA device or a CPU with native"):
         Separator(model, 8000, precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
         Separator(model, 8000, precision="fp8")
@@ -75,6 +77,39 @@ def test_fp16_on_cpu_and_unknown_precisions_are_refused(tmp_path, capsys):
     assert status == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
-        "nass separate: error: --precision fp16 needs a CUDA device (--device is cpu); "
-        "on a CPU use --precision bf16 or fp32"]
+        "nass separate: error: --precision fp16: precision fp16 needs a CUDA device or a CPU "
+        "with native fp16 matrix products (AVX512-FP16 or AMX-FP16), and device cpu has none; "
+        "use bf16 or fp32"]
     assert not list(tmp_path.glob("talk_*.wav"))
+
+
+def test_fp16_on_a_cpu_with_native_fp16_agrees_with_fp32(monkeypatch):
+    # Forced on: a CPU without native fp16 computes the same values, only slower.
+    monkeypatch.setattr(nass.precision, "cpu_has_fp16_matmul", lambda: True)
+    torch.manual_seed(1)
+    exact = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed")
+    torch.manual_seed(1)
+    fast = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed", precision="fp16")
+    block = fast.model.masknet.dual_mdl[0].intra_mdl.mdl.layers[0]
+    assert block.pos_ffn.ffn[0].weight.dtype == torch.float16
+    assert fast.model.masknet.conv2d.weight.dtype == torch.float32
+    mix = real_mixture()
+    ref, out = exact.separate_tensor(mix, 8000), fast.separate_tensor(mix, 8000)
+    for name in ref:
+        assert not torch.equal(out[name], ref[name])
+        # 3 more mantissa bits than bf16: closer to fp32 than bf16's 30 dB.
+        assert si_snr(out[name], ref[name]) > 45, name
+
+
+def test_an_overflow_in_half_precision_is_an_error_not_silent_nans(monkeypatch):
+    monkeypatch.setattr(nass.precision, "cpu_has_fp16_matmul", lambda: True)
+    torch.manual_seed(1)
+    separator = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed",
+                          precision="fp16")
+    # Weights at the edge of fp16's range (65504): the feed-forward layer's sums overflow it.
+    weight = separator.model.masknet.dual_mdl[0].intra_mdl.mdl.layers[0].pos_ffn.ffn[0].weight
+    with torch.no_grad():
+        weight.copy_(6e4 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+                     .sign())
+    with pytest.raises(RuntimeError, match="overflowed in fp16 on this input"):
+        separator.separate_tensor(real_mixture(), 8000)

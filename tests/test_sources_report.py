@@ -8,23 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from speechbrain.utils.checkpoints import Checkpointer
 
-from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, TINY_ARGS
-from nass.cli import main
-from nass.inference import Separator, load_model
+from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, separate
+from nass.inference import Separator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    save = tmp_path_factory.mktemp("save")
-    torch.manual_seed(0)
-    model = load_model(HPARAMS, TINY)
-    Checkpointer(save, {"encoder": model.encoder, "masknet": model.masknet,
-                        "decoder": model.decoder}).save_checkpoint(meta={"si-snr": -1.0})
-    return save
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +27,6 @@ def talk(tmp_path):
     noise = 0.05 * np.random.default_rng(0).standard_normal(8000)
     sf.write(tmp_path / "talk.wav", 0.3 * voice + noise, 8000)
     return tmp_path / "talk.wav"
-
-
-def separate(checkpoint, *args):
-    return main(["separate", "--hparams", str(HPARAMS), "--checkpoint", str(checkpoint),
-                 *TINY_ARGS, *map(str, args)])
 
 
 def test_sidecar_says_which_output_is_which_as_the_api_does(checkpoint, api, talk, capsys):
