@@ -73,12 +73,13 @@ from nass.precision import check_finite, precision_dtype, set_precision
 logger = logging.getLogger(__name__)
 
 # Measured with the release-size Sepformer (random weights) on a 2-core CPU,
-# one thread: a window's memory grows by 65-75 MB per second of audio (+0.6 GB
-# at 8 s, +2.1 GB at 32 s) and its CPU time per second of audio from 1.8-2.2 s
-# (up to 8 s) to 3.2 s (32 s). 30 s keeps a 10-minute recording well under
-# 4 GB while separating the test mixtures of LibriMix and WHAM! (almost all
-# shorter) in one pass, i.e. exactly as the recipe's evaluation and the
-# reference implementation do; use shorter windows (8 s) for speed.
+# one thread, with SpeechBrain's attention: a window's CPU time per second of
+# audio grows from 1.8-2.2 s (up to 8 s) to 3.2 s (32 s). Its memory, with
+# the fused attention, grows by about 33 MiB per second of audio in fp32 (22
+# in bf16; nass.memory, checked against measured peaks): about 1 GiB at 30 s.
+# 30 s separates the test mixtures of LibriMix and WHAM! (almost all shorter)
+# in one pass, i.e. exactly as the recipe's evaluation and the reference
+# implementation do; use shorter windows (8 s) for speed.
 DEFAULT_CHUNK_SECONDS = 30.0
 
 
