@@ -360,7 +360,10 @@ def give_back_large_blocks():
     on an 8 s window in fp32, the process grew by 433 MiB for 266 MiB of
     tensors. With a fixed threshold every large tensor gets its own mapping,
     returned to the system when freed, and the memory a window takes is what
-    its tensors hold (267 to 270 MiB: :func:`forward_bytes` to 2 %).
+    its tensors hold (267 to 270 MiB: :func:`forward_bytes` to 2 %). The
+    price is fresh pages, faulted in and zeroed, for every large tensor: the
+    same window took 11 to 19 % longer (two pairs of runs on a loaded
+    machine; ``benchmarks/README.md``).
     Elsewhere than glibc (macOS, musl) nothing changes and False is returned.
     """
     mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
