@@ -5,6 +5,7 @@
     python benchmarks/inference.py --compare             # attention and precision, one window
     python benchmarks/inference.py --agreement a.wav b.wav   # nass separate bf16 vs fp32
     python benchmarks/inference.py --minutes 1 --onnx      # also the ONNX model, side by side
+    python benchmarks/inference.py --memory --window-seconds 8   # a window's memory, estimated and measured
 
 The model is the release-size Sepformer-NASS of ``sepformer-libri2mix.yaml``
 with random weights (a checkpoint is written to a temporary folder): speed and
@@ -44,6 +45,14 @@ the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
 speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``,
 and ``speedup_fp16=<a/f> agreement_fp16_db=<...>`` where f ran.
 
+``--memory`` checks :mod:`nass.memory`'s estimate of a window's memory on
+the release-size Sepformer (fused attention, and SpeechBrain's explicit
+one) and DPRNN of the recipes, fp32 and bf16, each in a fresh process, one
+thread: the growth of the process's peak resident memory over one forward
+pass on a ``--window-seconds`` window (:func:`nass.memory.measured_forward_bytes`)
+next to :func:`nass.memory.forward_bytes`; last line
+``memory_ratio_min=<estimate / measured> memory_ratio_max=<...>``.
+
 ``--agreement FILE...`` runs ``nass separate`` (same random-weight model,
 default window) with ``--precision fp32`` and with ``bf16`` on each file,
 and prints every output's SI-SNR of bf16 against fp32, the wall time and
@@ -53,6 +62,7 @@ and outputs>``.
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import subprocess
@@ -248,6 +258,43 @@ def compare(args):
     print(last_line(**figures))
 
 
+# One forward pass measured and estimated, in a fresh process (see --memory).
+MEASURE_WINDOW = """
+import json, sys, torch
+from nass.inference import load_model
+from nass.memory import forward_bytes, give_back_large_blocks, measured_forward_bytes
+from nass.precision import set_precision
+torch.set_num_threads(1)
+give_back_large_blocks()
+hparams, overrides, precision, samples = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+model = set_precision(load_model(hparams, overrides).eval(), precision)
+print(json.dumps([measured_forward_bytes(model, samples), forward_bytes(model, samples)]))
+"""
+
+
+def memory(args):
+    """:func:`nass.memory.forward_bytes` against the measured growth of one forward pass."""
+    samples = round(args.window_seconds * RATE)
+    variants = [("Sepformer", HPARAMS, {}), ("Sepformer, SpeechBrain attention", HPARAMS,
+                                             {"fused_attention": False}),
+                ("DPRNN", HPARAMS.with_name("dprnn-libri2mix.yaml"), {})]
+    rows, ratios = [], []
+    for name, hparams, overrides in variants:
+        for precision in ("fp32", "bf16"):
+            proc = subprocess.run([sys.executable, "-c", MEASURE_WINDOW, str(hparams),
+                                   json.dumps(overrides), precision, str(samples)],
+                                  capture_output=True, text=True, check=True)
+            measured, estimate = json.loads(proc.stdout.splitlines()[-1])
+            ratios.append(estimate / measured)
+            rows.append([name, precision, f"{measured / 2**20:.0f}", f"{estimate / 2**20:.0f}",
+                         f"{ratios[-1]:.3f}"])
+            print(f"  {name} {precision}: measured {measured / 2**20:.0f} MiB, "
+                  f"estimated {estimate / 2**20:.0f} MiB", flush=True)
+    print(f"one {args.window_seconds:g} s window at {RATE} Hz, random weights, 1 thread")
+    print(format_table(["model", "precision", "measured MiB", "estimated MiB", "ratio"], rows))
+    print(last_line(memory_ratio_min=min(ratios), memory_ratio_max=max(ratios)))
+
+
 def agreement(args, checkpoint, out_dir):
     """``nass separate`` in fp32 and bf16 on ``args.agreement``: SI-SNR of bf16 vs fp32 per output."""
     rows, worst = [], float("inf")
@@ -280,7 +327,9 @@ def main():
     parser.add_argument("--compare", action="store_true",
                         help="time SpeechBrain's attention, the fused one and bf16 on one window")
     parser.add_argument("--window-seconds", type=float, default=30.0,
-                        help="--compare: the window's length (default 30)")
+                        help="--compare, --memory: the window's length (default 30)")
+    parser.add_argument("--memory", action="store_true",
+                        help="a window's memory: nass.memory's estimate against the measured")
     parser.add_argument("--reps", type=int, default=3,
                         help="--compare: timed repetitions per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1,
@@ -308,6 +357,9 @@ def main():
     print(machine_summary())
     if args.compare:
         compare(args)
+        return
+    if args.memory:
+        memory(args)
         return
     if not args.agreement:
         print(f"nass separate --precision {args.precision}")

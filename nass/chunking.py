@@ -39,7 +39,8 @@ result is exactly the unchunked one.
 How long a window may be is bounded by the model too: SpeechBrain's
 Sepformer adds a positional encoding of at most 2500 positions to its
 sequence of chunks, so it fails on longer inputs; :func:`longest_input`
-says how long, and :class:`nass.inference.Separator` caps its windows there.
+says how long, and :class:`nass.inference.Separator` caps its windows there
+(and where their memory would exceed its ``max_memory``: :mod:`nass.memory`).
 
 Example
 -------

@@ -73,7 +73,8 @@ from nass.audio import (
 )
 from nass.chunking import DEFAULT_OVERLAP
 from nass.export import ONNX_FILE, ExportError, export_onnx_file, export_pretrained
-from nass.inference import DEFAULT_CHUNK_SECONDS, Separator, report_path, save_report
+from nass.inference import (DEFAULT_CHUNK_SECONDS, MemoryBudgetError, Separator, report_path,
+                            save_report)
 from nass.logs import quiet_torchvision_note
 from nass.precision import precision_dtype
 
@@ -148,7 +149,10 @@ def separate_command(args, overrides):
         return EXIT_FAILED
     try:
         separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
-                                   progress=sys.stderr.isatty())
+                                   progress=sys.stderr.isatty(), max_memory=args.max_memory)
+    except MemoryBudgetError as err:
+        _error(str(err))
+        return EXIT_FAILED
     except Exception as err:  # any failure to build or load the model is one message, not a trace
         _error(f"cannot load the model: {err}")
         return EXIT_FAILED
@@ -220,6 +224,9 @@ def load_separator(args, overrides, **options):
                              "--hparams, --checkpoint and hparams overrides")
         if precision != "fp32" or device != "cpu":
             raise ValueError("--onnx runs in fp32 on the CPU: leave out --precision and --device")
+        if options.pop("max_memory", None) is not None:
+            raise ValueError("--max-memory: the memory of ONNX Runtime is not estimated; leave "
+                             "out --max-memory with --onnx")
         return Separator.from_onnx(args.onnx, **options)
     if args.checkpoint is None:
         raise ValueError("give --checkpoint (with --hparams for a recipe checkpoint) or --onnx")
@@ -346,7 +353,13 @@ def _parser():
                               help=f"separate longer inputs in windows of S seconds "
                                    f"overlapping by {DEFAULT_OVERLAP * 100:.0f}%% "
                                    f"(default {DEFAULT_CHUNK_SECONDS:g}; inf for one pass; "
-                                   f"capped at the longest input the model can take)"),
+                                   f"capped at the longest input the model can take and at "
+                                   f"what --max-memory allows)"),
+        separate.add_argument("--max-memory", type=float, metavar="GIB",
+                              help="GiB the model's weights and one window may take (estimated "
+                                   "from the model); longer windows are shortened to fit "
+                                   "(default: the weights plus 80%% of the memory available: "
+                                   "the system's, or the CUDA device's)"),
         separate.add_argument("--noise-output", type=int, metavar="K",
                               help="call model output K (0-based, as listed in "
                                    "<input>_sources.json) the noise, instead of the one "

@@ -65,6 +65,7 @@ from nass.checkpoints import check_fit, checkpoint_to_evaluate, load_state
 from nass.chunking import DEFAULT_OVERLAP, longest_input, max_positions, separate_in_chunks
 from nass.noise_id import identify_noise, pick_noise, speech_likeness  # noqa: F401 (re-exported)
 from nass.logs import quiet_torchvision_note
+from nass.memory import GIB, default_budget, give_back_large_blocks, plan_window
 from nass.outputs import Outputs
 from nass.overrides import check_overrides
 from nass.precision import check_finite, precision_dtype, set_precision
@@ -72,13 +73,18 @@ from nass.precision import check_finite, precision_dtype, set_precision
 logger = logging.getLogger(__name__)
 
 # Measured with the release-size Sepformer (random weights) on a 2-core CPU,
-# one thread: a window's memory grows by 65-75 MB per second of audio (+0.6 GB
-# at 8 s, +2.1 GB at 32 s) and its CPU time per second of audio from 1.8-2.2 s
-# (up to 8 s) to 3.2 s (32 s). 30 s keeps a 10-minute recording well under
-# 4 GB while separating the test mixtures of LibriMix and WHAM! (almost all
-# shorter) in one pass, i.e. exactly as the recipe's evaluation and the
-# reference implementation do; use shorter windows (8 s) for speed.
+# one thread, with SpeechBrain's attention: a window's CPU time per second of
+# audio grows from 1.8-2.2 s (up to 8 s) to 3.2 s (32 s). Its memory, with
+# the fused attention, grows by about 33 MiB per second of audio in fp32 (22
+# in bf16; nass.memory, checked against measured peaks): about 1 GiB at 30 s.
+# 30 s separates the test mixtures of LibriMix and WHAM! (almost all shorter)
+# in one pass, i.e. exactly as the recipe's evaluation and the reference
+# implementation do; use shorter windows (8 s) for speed.
 DEFAULT_CHUNK_SECONDS = 30.0
+
+
+class MemoryBudgetError(ValueError):
+    """``max_memory`` is too little for even the shortest window of the model."""
 
 
 class Sources(OrderedDict):
@@ -114,8 +120,10 @@ class Separator:
         Window length for long inputs (:mod:`nass.chunking`);
         :data:`DEFAULT_CHUNK_SECONDS` when None, ``math.inf`` for one pass.
         Either is capped at the longest input the model can take
-        (:func:`nass.chunking.longest_input`); when a length the caller
-        asked for is capped, ``window_note`` says so (and it is logged).
+        (:func:`nass.chunking.longest_input`) and at the longest window
+        whose memory fits ``max_memory``; when a length the caller asked
+        for is capped (or the default, for memory), ``window_note`` says so
+        (and it is logged).
     device : str or torch.device
         Where the model runs; inputs and outputs stay on the CPU.
     checkpoint : Path, optional
@@ -126,10 +134,23 @@ class Separator:
         ``fp32`` (default: the exact model), ``bf16`` or ``fp16`` (CUDA, or
         a CPU with native fp16): the mask network's weights in that precision, what needs fp32
         kept in fp32 (:mod:`nass.precision`). Converts ``model`` in place.
+    max_memory : float, optional
+        GiB that the model's weights and one window's forward pass may take
+        (estimated by :func:`nass.memory.window_bytes`; kept as
+        ``self.max_memory``); windows are shortened to fit, and
+        :class:`MemoryBudgetError` is raised when not even the shortest
+        window fits. Default: the weights plus 80 % of the memory available
+        now (the system's, or the CUDA device's).
+        ONNX models are not capped.
+
+    Also sets glibc's malloc to give large freed blocks back to the system
+    (:func:`nass.memory.give_back_large_blocks`): the memory of one window
+    is then what the estimate says, from the first window to the last.
     """
 
     def __init__(self, model, sample_rate, noise_assignment="pit", chunk_seconds=None,
-                 device="cpu", checkpoint=None, progress=False, precision="fp32"):
+                 device="cpu", checkpoint=None, progress=False, precision="fp32",
+                 max_memory=None):
         self.outputs = Outputs(model.num_spks, model.noise_output, noise_assignment)
         self.device = _device(device)
         precision_dtype(precision, self.device)
@@ -140,11 +161,13 @@ class Separator:
         self.progress = progress
         self.chunk_seconds = DEFAULT_CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
         self.window_note = None
+        give_back_large_blocks()
+        self.max_memory = self._max_memory(max_memory)
         self.chunk_size = self._chunk_size(self.chunk_seconds, asked=chunk_seconds is not None)
 
     @classmethod
     def from_hparams(cls, hparams_file, checkpoint, overrides=None, device="cpu",
-                     chunk_seconds=None, progress=False, precision="fp32"):
+                     chunk_seconds=None, progress=False, precision="fp32", max_memory=None):
         """Builds the model of a recipe's hparams file and loads a checkpoint's weights.
 
         Arguments
@@ -160,7 +183,7 @@ class Separator:
         overrides : dict or str, optional
             HyperPyYAML overrides, as on the recipe's command line
             (``{"num_spks": 3}``); they must describe the trained model.
-        device, chunk_seconds, progress, precision
+        device, chunk_seconds, progress, precision, max_memory
             As in :class:`Separator`.
 
         Raises
@@ -200,11 +223,11 @@ class Separator:
             module.load_state_dict(load_state(ckpt / f"{name}.ckpt"), strict=True)
         return cls(model, hparams["sample_rate"], hparams["outputs"].noise_assignment,
                    chunk_seconds=chunk_seconds, device=device, checkpoint=ckpt, progress=progress,
-                   precision=precision)
+                   precision=precision, max_memory=max_memory)
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", chunk_seconds=None, progress=False,
-                        precision="fp32"):
+                        precision="fp32", max_memory=None):
         """Loads a SpeechBrain pretrained-model folder (:mod:`nass.pretrained`).
 
         The folder is one written by ``nass export`` (its outputs are
@@ -218,14 +241,15 @@ class Separator:
         logger.info("Separating with pretrained model %s", folder)
         return cls(model, hparams["sample_rate"], facts["noise_assignment"],
                    chunk_seconds=chunk_seconds, device=device, checkpoint=Path(folder),
-                   progress=progress, precision=precision)
+                   progress=progress, precision=precision, max_memory=max_memory)
 
     @classmethod
     def from_onnx(cls, path, chunk_seconds=None, progress=False):
         """Runs a model written by ``nass export --format onnx`` with ONNX Runtime (CPU).
 
         The windows and the labelling of the outputs are those of the
-        PyTorch model (:class:`nass.onnx_export.OnnxSeparator`).
+        PyTorch model (:class:`nass.onnx_export.OnnxSeparator`); the memory
+        of ONNX Runtime is not estimated, so windows are not capped for it.
         """
         from nass.onnx_export import OnnxSeparator
 
@@ -288,9 +312,10 @@ class Separator:
                                          fixed_last=self.outputs.fixed_noise,
                                          progress=self.progress)[0]
         order, report = self._output_order(outputs, noise_output)
-        outputs = outputs[:, order]
-        back = self._resample(outputs.T.contiguous(), self.sample_rate, sample_rate)
-        back = _fit_length(back, mono.shape[-1])
+        # One copy, [T, S] -> [S, T] in the sources' order (4 bytes per sample
+        # and output on a long file).
+        outputs = torch.stack([outputs[:, k] for k in order])
+        back = _fit_length(self._resample(outputs, self.sample_rate, sample_rate), mono.shape[-1])
         return Sources(zip(self.source_names, back.float().unbind(0)), report)
 
     def _run_model(self, mixture):
@@ -324,29 +349,65 @@ class Separator:
         report["outputs"] = dict(zip(self.source_names, order))
         return order, report
 
+    def _estimable(self):
+        """Whether the memory of a window can be estimated: a PyTorch model with weights."""
+        return any(True for _ in self.model.parameters())
+
+    def _max_memory(self, max_memory):
+        if max_memory is not None and not max_memory > 0:
+            raise ValueError(f"max_memory must be a positive number of GiB, got {max_memory}")
+        if not self._estimable():
+            if max_memory is not None:
+                raise ValueError("max_memory: the memory of this model (ONNX Runtime) is not "
+                                 "estimated; leave max_memory out")
+            return None
+        if max_memory is None:
+            return default_budget(self.model, self.device) / GIB
+        return float(max_memory)
+
     def _chunk_size(self, chunk_seconds, asked=True):
         if not chunk_seconds > 0:
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         size = None if math.isinf(chunk_seconds) else round(chunk_seconds * self.sample_rate)
+        # Every window, the last included, is longer than the overlap, and
+        # must be at least one encoder kernel long.
+        shortest = math.ceil(self.model.kernel_size / DEFAULT_OVERLAP)
+        if size is not None and round(size * DEFAULT_OVERLAP) < self.model.kernel_size:
+            raise ValueError(f"chunk_seconds must be at least {shortest / self.sample_rate:.4f} s, "
+                             f"got {chunk_seconds}")
         longest = longest_input(self.model)
+        note = None
         if longest is not None and (size is None or size > longest):
             size = longest
             note = (f"windows capped at {longest / self.sample_rate:.2f} s instead of "
                     f"{chunk_seconds:g} s: the model cannot separate more in one pass (its "
                     f"positional encoding covers at most {max_positions(self.model)} chunks of "
                     f"{self.model.masknet.K} frames)")
-            if asked:
-                self.window_note = note
-                logger.warning(note)
-            else:
+            if not asked:
                 logger.info(note)
-        if size is None:
-            return None
-        # Every window, the last included, is longer than the overlap, and
-        # must be at least one encoder kernel long.
-        if round(size * DEFAULT_OVERLAP) < self.model.kernel_size:
-            shortest = math.ceil(self.model.kernel_size / DEFAULT_OVERLAP) / self.sample_rate
-            raise ValueError(f"chunk_seconds must be at least {shortest:.4f} s, got {chunk_seconds}")
+                note = None
+        if self.max_memory is not None:
+            fits, size_bytes, shortest_bytes = plan_window(self.model, self.max_memory * GIB,
+                                                           shortest, asked=size)
+            if fits is None:
+                raise MemoryBudgetError(
+                    f"max_memory (--max-memory) of {self.max_memory:.3g} GiB is too little for "
+                    f"this model: its weights and the shortest window "
+                    f"({shortest / self.sample_rate:.4f} s) need about "
+                    f"{shortest_bytes / GIB:.3g} GiB")
+            if size is None or fits < size:
+                wanted = ("longer windows" if size is None else
+                          f"a {size / self.sample_rate:g} s window, about "
+                          f"{size_bytes / GIB:.3g} GiB,")
+                asked_for = f"{chunk_seconds:g} s" if asked else f"the default {chunk_seconds:g} s"
+                note = (f"windows capped at {fits / self.sample_rate:.2f} s instead of "
+                        f"{asked_for}: {wanted} would not fit in the {self.max_memory:.3g} GiB "
+                        f"allowed for the model and one window (--max-memory; default 80 % of "
+                        f"the memory available)")
+                size = fits
+        if note:
+            self.window_note = note
+            logger.warning(note)
         return size
 
     @staticmethod

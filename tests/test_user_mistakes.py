@@ -88,6 +88,9 @@ def separate_mistakes(tmp):
                                             "--lr changes nothing when separating"),
         "two inputs, one output name": ([*base, str(talk), str(tmp / "d2" / "talk.wav"),
                                          "--out-dir", str(tmp / "out")], "would both be written"),
+        "too little memory for a window": ([*base, "--max-memory", "0.0001", str(talk)],
+                                           "--max-memory) of 0.0001 GiB is too little for this "
+                                           "model: its weights and the shortest window"),
         "plot without its mixture": (["plot", str(tmp / "gone.wav")],
                                      f"no such mixture file: {tmp / 'gone.wav'}"),
     }
@@ -115,7 +118,7 @@ CASES = ["no data folder", "data folder above the corpus", "misspelt option",
          "skip_prep csv naming a missing wav", "Libri3Mix with 2-speaker hparams", "fp16 on a CPU",
          "out-dir is a file", "corrupt checkpoint", "hparams not YAML",
          "training option when separating", "two inputs, one output name",
-         "plot without its mixture"]
+         "too little memory for a window", "plot without its mixture"]
 
 
 @pytest.mark.parametrize("case", CASES)

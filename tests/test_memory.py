@@ -1,0 +1,134 @@
+"""The memory of one window: estimated against measured, and windows capped to fit a budget."""
+
+import json
+import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
+from nass.cli import main
+from nass.inference import MemoryBudgetError, Separator, load_model
+from nass.memory import GIB, forward_bytes, give_back_large_blocks, longest_window, window_bytes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DPRNN = HPARAMS.with_name("dprnn-libri2mix.yaml")
+TINY_DPRNN = {"N_encoder_out": 16, "out_channels": 16, "rnn_hidden": 8,
+              "num_dual_path_layers": 1, "chunk_size": 20}
+MODELS = {"sepformer": (HPARAMS, TINY), "dprnn": (DPRNN, TINY_DPRNN)}
+
+# Each model's forward pass on a 20 s window, in a fresh process: the growth
+# of its peak resident memory, and forward_bytes.
+MEASURE = """
+import json, sys, torch
+from nass.inference import load_model
+from nass.memory import forward_bytes, give_back_large_blocks, measured_forward_bytes
+from nass.precision import set_precision
+torch.set_num_threads(1)
+give_back_large_blocks()
+results = {}
+for name, (hparams, overrides, precision, samples) in json.loads(sys.argv[1]).items():
+    model = set_precision(load_model(hparams, overrides).eval(), precision)
+    results[name] = [measured_forward_bytes(model, samples), forward_bytes(model, samples)]
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures through Linux's /proc")
+def test_the_estimate_is_within_20_percent_of_the_measured_peak():
+    configs = {f"{name} {precision}": (str(hparams), overrides, precision, 20 * 8000)
+               for name, (hparams, overrides) in MODELS.items() for precision in ("fp32", "bf16")}
+    # SpeechBrain's explicit attention: 500 chunks, their attention weights 40 MB.
+    configs["sepformer explicit fp32"] = (str(HPARAMS), {**TINY, "fused_attention": False},
+                                          "fp32", 5 * 8000)
+    proc = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(configs)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    for name, (measured, estimate) in results.items():
+        # A few tens of MB each; the estimate leaves out scratch memory inside
+        # operations (a convolution's unfolded input), hence more room below.
+        assert 0.8 * measured <= estimate <= 1.1 * measured, (name, measured, estimate)
+
+
+def test_malloc_is_set_where_it_is_glibc():
+    assert give_back_large_blocks() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_estimate_follows_the_attention_quadratic_or_not():
+    fused = load_model(HPARAMS, TINY).eval()
+    explicit = load_model(HPARAMS, {**TINY, "fused_attention": False}).eval()
+    growth = {name: forward_bytes(model, 160000) / forward_bytes(model, 80000)
+              for name, model in (("fused", fused), ("explicit", explicit))}
+    assert 1.9 < growth["fused"] < 2.1           # every tensor grows with the window
+    assert growth["explicit"] > 2.5              # chunks x chunks attention weights
+
+
+def test_longest_window_fits_the_budget_and_little_more_would_not():
+    model = load_model(DPRNN, TINY_DPRNN).eval()
+    budget = window_bytes(model, 10 * 8000)
+    longest = longest_window(model, budget, shortest=64)
+    assert window_bytes(model, longest) <= budget < window_bytes(model, math.ceil(longest * 1.02))
+    assert longest_window(model, budget, shortest=64, upper=5 * 8000) == 5 * 8000
+    assert longest_window(model, window_bytes(model, 64) - 1, shortest=64) is None
+
+
+def test_a_window_too_big_for_max_memory_is_capped_with_a_note():
+    model = load_model(DPRNN, TINY_DPRNN).eval()
+    max_memory = window_bytes(model, 10 * 8000) / GIB
+    separator = Separator(model, 8000, chunk_seconds=20, max_memory=max_memory)
+    assert 9.8 * 8000 <= separator.chunk_size <= 10 * 8000
+    note = separator.window_note
+    assert note.startswith(f"windows capped at {separator.chunk_size / 8000:.2f} s instead of "
+                           f"20 s: a 20 s window, about ")
+    assert f"would not fit in the {max_memory:.3g} GiB allowed" in note and "--max-memory" in note
+    # One pass asked for: capped likewise.
+    one_pass = Separator(model, 8000, chunk_seconds=math.inf, max_memory=max_memory)
+    assert 9.8 * 8000 <= one_pass.chunk_size <= 10 * 8000
+
+
+def test_the_default_window_is_kept_when_it_fits():
+    model = load_model(DPRNN, TINY_DPRNN).eval()
+    separator = Separator(model, 8000)
+    assert separator.chunk_size == 30 * 8000 and separator.window_note is None
+    assert separator.max_memory * GIB >= window_bytes(model, 30 * 8000)
+    capped = Separator(model, 8000, max_memory=window_bytes(model, 20 * 8000) / GIB)
+    assert capped.chunk_size < 20 * 8000
+    assert "instead of the default 30 s" in capped.window_note
+
+
+def test_too_little_memory_for_the_shortest_window_is_an_error():
+    model = load_model(HPARAMS, TINY).eval()
+    with pytest.raises(MemoryBudgetError, match=r"max_memory \(--max-memory\) of 0.0001 GiB is "
+                                                r"too little for this model"):
+        Separator(model, 8000, max_memory=0.0001)
+    with pytest.raises(ValueError, match="max_memory must be a positive number of GiB"):
+        Separator(model, 8000, max_memory=0)
+
+
+def test_nass_separate_max_memory(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = load_model(DPRNN, TINY_DPRNN)
+    Checkpointer(tmp_path / "save", {"encoder": model.encoder, "masknet": model.masknet,
+                                     "decoder": model.decoder}).save_checkpoint(meta={"si-snr": 0.0})
+    length = 6 * 8000
+    sf.write(tmp_path / "talk.wav", 0.1 * np.random.default_rng(0).standard_normal(length), 8000)
+    max_memory = window_bytes(model.eval(), 2 * 8000) / GIB
+    overrides = [arg for key, value in TINY_DPRNN.items() for arg in (f"--{key}", str(value))]
+    status = main(["separate", "--hparams", str(DPRNN), "--checkpoint", str(tmp_path / "save"),
+                   *overrides, "--chunk-seconds", "inf", "--max-memory", f"{max_memory!r}",
+                   str(tmp_path / "talk.wav")])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    notes = [line for line in err.splitlines() if "windows capped" in line]
+    assert len(notes) == 1 and notes[0].startswith("nass separate: note: windows capped at 1.9")
+    assert "instead of inf s: longer windows would not fit" in notes[0]
+    assert sf.info(tmp_path / "talk_noise.wav").frames == length
