@@ -52,6 +52,8 @@ Example
 """
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import traceback
@@ -148,8 +150,9 @@ def separate_command(args, overrides):
         _error(f"--precision {args.precision}: {err}")
         return EXIT_FAILED
     try:
-        separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
-                                   progress=sys.stderr.isatty(), max_memory=args.max_memory)
+        with window_note_unlogged():
+            separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
+                                       progress=sys.stderr.isatty(), max_memory=args.max_memory)
     except MemoryBudgetError as err:
         _error(str(err))
         return EXIT_FAILED
@@ -212,6 +215,21 @@ def separate_command(args, overrides):
         _error(f"{failed} of {len(args.inputs)} input(s) failed")
         return EXIT_FAILED
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def window_note_unlogged():
+    """Drops the Separator's log record of its window note: the command prints it once, itself."""
+    inference_logger = logging.getLogger("nass.inference")
+
+    def keep(record):
+        return not getattr(record, "window_note", False)
+
+    inference_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        inference_logger.removeFilter(keep)
 
 
 def load_separator(args, overrides, **options):

@@ -407,7 +407,8 @@ class Separator:
                 size = fits
         if note:
             self.window_note = note
-            logger.warning(note)
+            # Marked, so that `nass separate`, which prints the note itself, can drop this record.
+            logger.warning(note, extra={"window_note": True})
         return size
 
     @staticmethod

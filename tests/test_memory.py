@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import soundfile as sf
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
+from conftest import LIBRIMIX_HPARAMS as HPARAMS, REPO, TINY
 from nass.cli import main
 from nass.inference import MemoryBudgetError, Separator, load_model
 from nass.memory import GIB, forward_bytes, give_back_large_blocks, longest_window, window_bytes
@@ -132,3 +133,11 @@ def test_nass_separate_max_memory(tmp_path, capsys):
     assert len(notes) == 1 and notes[0].startswith("nass separate: note: windows capped at 1.9")
     assert "instead of inf s: longer windows would not fit" in notes[0]
     assert sf.info(tmp_path / "talk_noise.wav").frames == length
+    # As a user runs it (no pytest log capture): the note is printed once, not logged as well.
+    run = subprocess.run(
+        [sys.executable, "-m", "nass.cli", "separate", "--hparams", str(DPRNN), "--checkpoint",
+         str(tmp_path / "save"), *overrides, "--chunk-seconds", "inf", "--max-memory",
+         f"{max_memory!r}", "--out-dir", str(tmp_path / "again"), str(tmp_path / "talk.wav")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert [line for line in run.stderr.splitlines() if "windows capped" in line] == notes
