@@ -341,7 +341,8 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="--compare: where the model runs (default cpu)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
+                        help="torch CPU threads, here and in the nass separate runs "
+                             "(default: torch's choice)")
     parser.add_argument("--onnx", action="store_true",
                         help="also export the model to ONNX and time nass separate --onnx")
     args = parser.parse_args()
@@ -353,6 +354,8 @@ def main():
         parser.error("--extra int8: dynamic quantisation runs on the CPU only")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+        # The `nass separate` processes it starts read the count from their environment.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
     print(machine_summary())
     if args.compare:
