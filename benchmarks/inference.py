@@ -39,8 +39,9 @@ f. fp16, on CUDA (``--device cuda``) and on a CPU with native fp16 matrix
 
 All variants have the same weights. It prints the CPU's bf16/AMX features
 and the rate of one of the model's linear layers in each precision (the
-most that bf16 or fp16 can gain on this hardware), a table of medians, speedups over (a) and each variant's agreement with (a)
-(largest absolute difference; lowest SI-SNR over the outputs, in dB), and
+most that bf16 or fp16 can gain on this hardware), a table of medians,
+speedups over (a) and each variant's agreement with (a) (largest absolute
+difference; lowest SI-SNR over the outputs, in dB), and
 the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
 speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``,
 and ``speedup_fp16=<a/f> agreement_fp16_db=<...>`` where f ran.
@@ -92,7 +93,7 @@ from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 import nass  # noqa: E402
 from nass.inference import load_model  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
-from nass.precision import cpu_has_fp16_matmul, set_precision  # noqa: E402
+from nass.precision import precision_dtype, set_precision  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -169,7 +170,7 @@ def compare_variants(extra, device, seed=0):
         "b: fused attention, fp32": fused,
         "c: fused attention, bf16": set_precision(copy.deepcopy(fused), "bf16"),
     }
-    if device.type == "cuda" or cpu_has_fp16_matmul():
+    if fp16_runs_on(device):
         variants["f: fused attention, fp16"] = set_precision(copy.deepcopy(fused), "fp16")
     if "int8" in extra:
         variants["d: fused, int8 dynamic linear"] = torch.ao.quantization.quantize_dynamic(
@@ -180,6 +181,15 @@ def compare_variants(extra, device, seed=0):
     return variants
 
 
+def fp16_runs_on(device):
+    """Whether :func:`nass.precision.precision_dtype` accepts fp16 on ``device``."""
+    try:
+        precision_dtype("fp16", device)
+    except ValueError:
+        return False
+    return True
+
+
 def matmul_rates(device, tokens=8000, reps=5):
     """``{dtype name: GFLOP/s}`` of one feed-forward linear layer of the model (256 -> 1024).
 
@@ -188,7 +198,7 @@ def matmul_rates(device, tokens=8000, reps=5):
     median of ``reps``.
     """
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if device.type == "cuda" or cpu_has_fp16_matmul():
+    if fp16_runs_on(device):
         dtypes["fp16"] = torch.float16
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(tokens, 256, generator=gen), torch.randn(1024, 256, generator=gen) / 16
