@@ -63,7 +63,6 @@ and outputs>``.
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import subprocess
@@ -92,6 +91,7 @@ from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
 import nass  # noqa: E402
 from nass.inference import load_model  # noqa: E402
+from nass.memory import measure_windows  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
 from nass.precision import precision_dtype, set_precision  # noqa: E402
 
@@ -268,20 +268,6 @@ def compare(args):
     print(last_line(**figures))
 
 
-# One forward pass measured and estimated, in a fresh process (see --memory).
-MEASURE_WINDOW = """
-import json, sys, torch
-from nass.inference import load_model
-from nass.memory import forward_bytes, give_back_large_blocks, measured_forward_bytes
-from nass.precision import set_precision
-torch.set_num_threads(1)
-give_back_large_blocks()
-hparams, overrides, precision, samples = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-model = set_precision(load_model(hparams, overrides).eval(), precision)
-print(json.dumps([measured_forward_bytes(model, samples), forward_bytes(model, samples)]))
-"""
-
-
 def memory(args):
     """:func:`nass.memory.forward_bytes` against the measured growth of one forward pass."""
     samples = round(args.window_seconds * RATE)
@@ -291,10 +277,9 @@ def memory(args):
     rows, ratios = [], []
     for name, hparams, overrides in variants:
         for precision in ("fp32", "bf16"):
-            proc = subprocess.run([sys.executable, "-c", MEASURE_WINDOW, str(hparams),
-                                   json.dumps(overrides), precision, str(samples)],
-                                  capture_output=True, text=True, check=True)
-            measured, estimate = json.loads(proc.stdout.splitlines()[-1])
+            # Each in a fresh process of its own.
+            measured, estimate = measure_windows(
+                {name: (hparams, overrides, precision, samples)})[name]
             ratios.append(estimate / measured)
             rows.append([name, precision, f"{measured / 2**20:.0f}", f"{estimate / 2**20:.0f}",
                          f"{ratios[-1]:.3f}"])

@@ -46,9 +46,12 @@ True
 
 import ctypes
 import ctypes.util
+import json
 import math
 import os
 import pickle
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
@@ -334,6 +337,41 @@ def measured_forward_bytes(model, samples):
         before = status("VmRSS:")
         model(mixture)
         return status("VmHWM:") - before
+
+
+# Run by measure_windows in a fresh Python process: argv[1] is its configs as JSON.
+MEASURE_SCRIPT = """
+import json, sys, torch
+from nass.inference import load_model
+from nass.memory import forward_bytes, give_back_large_blocks, measured_forward_bytes
+from nass.precision import set_precision
+torch.set_num_threads(1)
+give_back_large_blocks()
+results = {}
+for name, (hparams, overrides, precision, samples) in json.loads(sys.argv[1]).items():
+    model = set_precision(load_model(hparams, overrides).eval(), precision)
+    results[name] = [measured_forward_bytes(model, samples), forward_bytes(model, samples)]
+print(json.dumps(results))
+"""
+
+
+def measure_windows(configs, timeout=None):
+    """``{name: (measured, estimated)}``: one forward pass of each model, measured and traced.
+
+    ``configs`` is ``{name: (hparams file, overrides, precision, samples)}``;
+    the models are built and measured one after the other in one fresh
+    Python process on one thread (:func:`measured_forward_bytes` against
+    :func:`forward_bytes`), with :func:`give_back_large_blocks` set as
+    :class:`nass.inference.Separator` sets it. Linux only. A failure of that
+    process is a RuntimeError carrying the end of its stderr.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE_SCRIPT,
+         json.dumps({name: [str(config[0]), *config[1:]] for name, config in configs.items()})],
+        capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measure_windows: the measuring process failed:\n{proc.stderr[-3000:]}")
+    return {name: tuple(pair) for name, pair in json.loads(proc.stdout.splitlines()[-1]).items()}
 
 
 def available_memory(device):

@@ -1,6 +1,5 @@
 """The memory of one window: estimated against measured, and windows capped to fit a budget."""
 
-import json
 import math
 import os
 import platform
@@ -17,7 +16,8 @@ from speechbrain.utils.checkpoints import Checkpointer
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, REPO, TINY
 from nass.cli import main
 from nass.inference import MemoryBudgetError, Separator, load_model
-from nass.memory import GIB, forward_bytes, give_back_large_blocks, longest_window, window_bytes
+from nass.memory import (GIB, forward_bytes, give_back_large_blocks, longest_window,
+                         measure_windows, window_bytes)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,23 +26,6 @@ TINY_DPRNN = {"N_encoder_out": 16, "out_channels": 16, "rnn_hidden": 8,
               "num_dual_path_layers": 1, "chunk_size": 20}
 MODELS = {"sepformer": (HPARAMS, TINY), "dprnn": (DPRNN, TINY_DPRNN)}
 
-# Each model's forward pass on a 20 s window, in a fresh process: the growth
-# of its peak resident memory, and forward_bytes.
-MEASURE = """
-import json, sys, torch
-from nass.inference import load_model
-from nass.memory import forward_bytes, give_back_large_blocks, measured_forward_bytes
-from nass.precision import set_precision
-torch.set_num_threads(1)
-give_back_large_blocks()
-results = {}
-for name, (hparams, overrides, precision, samples) in json.loads(sys.argv[1]).items():
-    model = set_precision(load_model(hparams, overrides).eval(), precision)
-    results[name] = [measured_forward_bytes(model, samples), forward_bytes(model, samples)]
-print(json.dumps(results))
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures through Linux's /proc")
 def test_the_estimate_is_within_20_percent_of_the_measured_peak():
     configs = {f"{name} {precision}": (str(hparams), overrides, precision, 20 * 8000)
@@ -50,10 +33,9 @@ def test_the_estimate_is_within_20_percent_of_the_measured_peak():
     # SpeechBrain's explicit attention: 500 chunks, their attention weights 40 MB.
     configs["sepformer explicit fp32"] = (str(HPARAMS), {**TINY, "fused_attention": False},
                                           "fp32", 5 * 8000)
-    proc = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(configs)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.splitlines()[-1])
+    # Each model's forward pass in one fresh process: the growth of its peak
+    # resident memory, and forward_bytes.
+    results = measure_windows(configs, timeout=300)
     for name, (measured, estimate) in results.items():
         # A few tens of MB each; the estimate leaves out scratch memory inside
         # operations (a convolution's unfolded input), hence more room below.
