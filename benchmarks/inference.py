@@ -30,12 +30,12 @@ in one process, the variants alternating repetition by repetition after
 one warm-up each:
 
 a. SpeechBrain's attention as shipped, fp32 (``fused_attention: False``);
-b. the exact fused path, fp32 (:mod:`nass.attention`, the recipes' default);
-c. bf16 (:func:`nass.precision.set_precision` on b);
+b. the exact fused path, fp32 (:mod:`nass.model.attention`, the recipes' default);
+c. bf16 (:func:`nass.model.precision.set_precision` on b);
 d. optionally (``--extra``): ``int8``, b with its linear layers dynamically
    quantised to int8 (CPU only); ``compile``, b through ``torch.compile``;
 f. fp16, on CUDA (``--device cuda``) and on a CPU with native fp16 matrix
-   products (:func:`nass.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16).
+   products (:func:`nass.model.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16).
 
 All variants have the same weights. It prints the CPU's bf16/AMX features
 and the rate of one of the model's linear layers in each precision (the
@@ -46,12 +46,12 @@ the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
 speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``,
 and ``speedup_fp16=<a/f> agreement_fp16_db=<...>`` where f ran.
 
-``--memory`` checks :mod:`nass.memory`'s estimate of a window's memory on
+``--memory`` checks :mod:`nass.inference.memory`'s estimate of a window's memory on
 the release-size Sepformer (fused attention, and SpeechBrain's explicit
 one) and DPRNN of the recipes, fp32 and bf16, each in a fresh process, one
 thread: the growth of the process's peak resident memory over one forward
-pass on a ``--window-seconds`` window (:func:`nass.memory.measured_forward_bytes`)
-next to :func:`nass.memory.forward_bytes`; last line
+pass on a ``--window-seconds`` window (:func:`nass.inference.memory.measured_forward_bytes`)
+next to :func:`nass.inference.memory.forward_bytes`; last line
 ``memory_ratio_min=<estimate / measured> memory_ratio_max=<...>``.
 
 ``--agreement FILE...`` runs ``nass separate`` (same random-weight model,
@@ -90,10 +90,10 @@ import torch  # noqa: E402
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
 import nass  # noqa: E402
-from nass.inference import load_model  # noqa: E402
-from nass.memory import measure_windows  # noqa: E402
+from nass.model.loading import load_model  # noqa: E402
+from nass.inference.memory import measure_windows  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
-from nass.precision import precision_dtype, set_precision  # noqa: E402
+from nass.model.precision import precision_dtype, set_precision  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -182,7 +182,7 @@ def compare_variants(extra, device, seed=0):
 
 
 def fp16_runs_on(device):
-    """Whether :func:`nass.precision.precision_dtype` accepts fp16 on ``device``."""
+    """Whether :func:`nass.model.precision.precision_dtype` accepts fp16 on ``device``."""
     try:
         precision_dtype("fp16", device)
     except ValueError:
@@ -269,7 +269,7 @@ def compare(args):
 
 
 def memory(args):
-    """:func:`nass.memory.forward_bytes` against the measured growth of one forward pass."""
+    """:func:`nass.inference.memory.forward_bytes` against the measured growth of one forward pass."""
     samples = round(args.window_seconds * RATE)
     variants = [("Sepformer", HPARAMS, {}), ("Sepformer, SpeechBrain attention", HPARAMS,
                                              {"fused_attention": False}),
@@ -324,7 +324,7 @@ def main():
     parser.add_argument("--window-seconds", type=float, default=30.0,
                         help="--compare, --memory: the window's length (default 30)")
     parser.add_argument("--memory", action="store_true",
-                        help="a window's memory: nass.memory's estimate against the measured")
+                        help="a window's memory: nass.inference.memory's estimate against the measured")
     parser.add_argument("--reps", type=int, default=3,
                         help="--compare: timed repetitions per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1,
@@ -396,7 +396,7 @@ def main():
 
 def export(model, path):
     """``model`` as ONNX (``nass export --format onnx``'s function); prints time and check."""
-    from nass.onnx_export import export_onnx
+    from nass.export.onnx import export_onnx
 
     start = time.perf_counter()
     report = export_onnx(model, path, RATE, window_seconds=2.0)

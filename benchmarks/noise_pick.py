@@ -1,4 +1,4 @@
-"""Which output is the noise: accuracy of ``nass.noise_id`` on real speech and real noise.
+"""Which output is the noise: accuracy of ``nass.inference.noise_id`` on real speech and real noise.
 
     python benchmarks/noise_pick.py --samples DIR            # the held-out evaluation set
     python benchmarks/noise_pick.py --samples DIR --split dev
@@ -14,7 +14,7 @@ speakers) it builds ``--mixtures`` mixtures of two real talkers and a real
 noise, 4 s at 8 kHz, then the "outputs" a separator would give: each source
 with the other sources leaking into it (``--leakage``: the other sources
 together that many dB below the output's own source; ``none``: the true
-sources), and asks :func:`nass.noise_id.identify_noise` which output is the
+sources), and asks :func:`nass.inference.noise_id.identify_noise` which output is the
 noise, in every order of the outputs (6 per mixture).
 
 * Noise kinds: ``steady`` (real recorded noise), ``bursty`` (ESC-50
@@ -26,7 +26,7 @@ noise, in every order of the outputs (6 per mixture).
   room impulse responses (SpeechBrain's ``RIRs``), one per talker.
 
 Talkers, noises and RIRs are split into a ``dev`` set (looked at while
-choosing the features and constants of :mod:`nass.noise_id`, and the only
+choosing the features and constants of :mod:`nass.inference.noise_id`, and the only
 data ``--fit`` fits its weights on, with a seed of its own) and an ``eval``
 set (the figures reported), see :data:`SPLITS`. The last line is
 ``acc_none=<%> acc_m20=<%> acc_m10=<%> acc_m5=<%> acc_all=<%> n=<picks> close_pct=<%>``
@@ -49,7 +49,7 @@ from _common import REPO_ROOT, format_table, last_line, machine_summary, use_che
 
 use_checkout()
 
-from nass.noise_id import (  # noqa: E402
+from nass.inference.noise_id import (  # noqa: E402
     CLOSE_MARGIN, FEATURES, MAX_Z, WEIGHTS_FILE, NoiseChoice, features, identify_noise,
     score_network, speech_likeness)
 
@@ -252,7 +252,7 @@ def cases(lib, n_mixtures, seed):
 
 
 def spectral_structure_only(outputs, rate):
-    """The identification before ``nass.noise_id``: the lowest :func:`speech_likeness`."""
+    """The identification before ``nass.inference.noise_id``: the lowest :func:`speech_likeness`."""
     scores = [speech_likeness(outputs[:, k], rate) for k in range(outputs.shape[-1])]
     ranked = sorted(scores)
     return NoiseChoice(index=scores.index(ranked[0]), scores=scores, margin=ranked[1] - ranked[0])
@@ -273,13 +273,13 @@ def run(lib, n_mixtures, seed, identify=identify_noise):
 
 
 def fit(lib, n_mixtures, seed, path, hidden=8, l2=0.001):
-    """Fits the weights of :func:`nass.noise_id.one_voice_scores` and writes them to ``path``.
+    """Fits the weights of :func:`nass.inference.noise_id.one_voice_scores` and writes them to ``path``.
 
     A conditional logistic regression: over the three outputs of a mixture,
     ``softmax(-score)`` is the probability of each being the noise, and the
     cross-entropy of the true noise output (plus ``l2`` times the squared
     weights) is minimised with L-BFGS, from a seeded start; the score is
-    :func:`nass.noise_id.score_network` of the standardised features.
+    :func:`nass.inference.noise_id.score_network` of the standardised features.
     """
     rows = torch.stack([torch.stack([features(outputs[:, k], RATE) for k in range(3)])
                         for _, outputs in cases(lib, n_mixtures, seed)])
@@ -310,7 +310,7 @@ def fit(lib, n_mixtures, seed, path, hidden=8, l2=0.001):
         return torch.round(tensor.detach(), decimals=6).tolist()
 
     data = {
-        "about": "weights of nass.noise_id.one_voice_scores, written by benchmarks/noise_pick.py "
+        "about": "weights of nass.inference.noise_id.one_voice_scores, written by benchmarks/noise_pick.py "
                  f"--fit on the 'dev' split, {n_mixtures} mixtures per condition, seed {seed}, "
                  f"{hidden} hidden units, l2 {l2}",
         "features": list(FEATURES),
@@ -359,7 +359,7 @@ def main():
     lib = Library(args.samples, args.librimix, SPLITS[args.split])
     results, margins = run(lib, args.mixtures, args.seed,
                            spectral_structure_only if args.baseline else identify_noise)
-    method = "lowest speech_likeness (baseline)" if args.baseline else "nass.noise_id"
+    method = "lowest speech_likeness (baseline)" if args.baseline else "nass.inference.noise_id"
     print(f"split {args.split}, {method}: {args.mixtures} mixtures per condition, 6 orders each; "
           f"accuracy in % of picks\n")
 

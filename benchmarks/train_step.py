@@ -7,7 +7,7 @@ file with ``noise_output: False, pcl_weight: 0``: C outputs, no PCL):
 
 * Sepformer: ``sepformer-libri2mix.yaml`` as released (N 256, 2 dual-path
   layers of 8-layer transformers, K 250), with the recipes' fused attention
-  (:mod:`nass.attention`); a third variant, NASS with SpeechBrain's
+  (:mod:`nass.model.attention`); a third variant, NASS with SpeechBrain's
   attention as shipped (``fused_attention: False``), gives the speedup of
   the fused path.
 * DPRNN: ``dprnn-libri2mix.yaml`` (SpeechBrain's WSJ0Mix configuration: N
@@ -15,7 +15,7 @@ file with ``noise_output: False, pcl_weight: 0``: C outputs, no PCL):
   a linear layer after each block).
 
 The timed step is the recipes' own: ``SeparationBrain.fit_batch`` of a Brain
-built as ``nass.recipe.run`` builds it, i.e. the forward and loss terms
+built as ``nass.training.recipe.run`` builds it, i.e. the forward and loss terms
 (``SeparationBrain.training_terms``: for PCL the speakers' clean
 representations under ``no_grad``, cut to the frames every utterance has;
 the per-utterance objective) under the run's autocast (``--precision``);
@@ -35,7 +35,7 @@ by side (the ratios of the medians and of the minima are printed too).
 ``--threads 1`` keeps a loaded machine from stalling torch's worker threads
 on one another, which makes single steps vary by tens of percent.
 
-PCL share: the PCL term, i.e. ``nass.pcl.pcl_loss`` (aligning the estimates,
+PCL share: the PCL term, i.e. ``nass.losses.pcl.pcl_loss`` (aligning the estimates,
 the patch sampler on every representation, PatchNCE) forward, and its
 backward down to the representations and into the sampler's weights, is
 timed alone on the representations of one NASS forward of the same mixture,
@@ -87,9 +87,9 @@ use_checkout()
 import speechbrain as sb  # noqa: E402
 from hyperpyyaml import load_hyperpyyaml  # noqa: E402
 
-from nass.brain import SeparationBrain  # noqa: E402
-from nass.objective import NASSObjective  # noqa: E402
-from nass.pcl import pcl_loss  # noqa: E402
+from nass.training.brain import SeparationBrain  # noqa: E402
+from nass.losses.objective import NASSObjective  # noqa: E402
+from nass.losses.pcl import pcl_loss  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes/LibriMix/separation/hparams"
 SEPFORMER_HPARAMS = HPARAMS / "sepformer-libri2mix.yaml"
@@ -143,7 +143,7 @@ def load_recipe(hparams_file, seed, scratch, *overrides):
 class TrainStep:
     """``SeparationBrain.fit_batch`` on one batch: the recipes' own training step.
 
-    The Brain is built as ``nass.recipe.run`` builds it (the separator, plus
+    The Brain is built as ``nass.training.recipe.run`` builds it (the separator, plus
     the patch sampler when PCL trains it; the recipe's optimizer; SpeechBrain's
     ``--precision`` and ``max_grad_norm``); ``fit_batch`` runs its forward and
     loss terms (``SeparationBrain.training_terms``) under the run's autocast,

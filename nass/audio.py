@@ -10,10 +10,8 @@ the recipes' saved test audio, ``nass demo``, ``nass plot``), so that:
 * outputs are named the same way (``<stem>_spk1.wav .. <stem>_spkC.wav``,
   ``<stem>_noise.wav``; :func:`output_paths`) and found again from that one
   rule (:func:`find_outputs`);
-* outputs are written the same way: 32-bit float WAV, to a hidden
-  ``.<name>.<random>.part`` file renamed over the final name, so no reader
-  sees a half-written file; parts left by a killed run are removed when the
-  same output is written again.
+* outputs are written the same way: 32-bit float WAV, atomically
+  (:mod:`nass.files`), with a ``<stem>_sources.json`` report beside them.
 
 Example
 -------
@@ -27,7 +25,7 @@ Example
 (['talk_spk1.wav', 'talk_spk2.wav', 'talk_noise.wav'], (1, 800), 8000)
 """
 
-import glob
+import json
 import os
 import re
 import secrets
@@ -38,6 +36,8 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
+
+from nass.files import atomic_path, write_text
 
 # Peak of a normalised output: a little headroom.
 NORMALIZED_PEAK = 0.9
@@ -251,19 +251,32 @@ def write_wav(path, signal, sample_rate, normalize=False):
     renamed over ``path``; parts of ``path`` left by a killed run go first.
     ``normalize`` scales the signal to a peak of :data:`NORMALIZED_PEAK`.
     """
-    path = Path(path)
     values = torch.as_tensor(signal).detach().cpu().float()
     peak = values.abs().max() if values.numel() else 0
     if normalize and peak > 0:
         values = values * (NORMALIZED_PEAK / peak)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
-        stale.unlink(missing_ok=True)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
+    with atomic_path(path) as partial:
         sf.write(str(partial), values.numpy(), sample_rate, subtype="FLOAT", format="WAV")
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
 
+
+def report_path(input_path, out_dir=None):
+    """``<out_dir>/<input stem>_sources.json``, beside the outputs of :func:`output_paths`.
+
+    >>> str(report_path("rec/talk.flac", "out"))
+    'out/talk_sources.json'
+    """
+    input_path = Path(input_path)
+    folder = Path(out_dir) if out_dir is not None else input_path.parent
+    return folder / f"{input_path.stem}_sources.json"
+
+
+def save_report(report, input_path, paths, path):
+    """Writes ``report`` (:attr:`nass.inference.Sources.report`) as JSON to ``path``, atomically.
+
+    The ``outputs`` entry lists, per source, the file it was written to
+    (``paths``, from :func:`output_paths`) and the model output it holds.
+    """
+    data = dict(report, input=str(input_path), outputs={
+        name: {"file": Path(paths[name]).name, "model_output": index}
+        for name, index in report["outputs"].items()})
+    write_text(path, json.dumps(data, indent=2) + "\n")

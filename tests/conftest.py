@@ -67,7 +67,7 @@ def checkpoint(tmp_path_factory):
     """A save/ folder holding one random tiny-model checkpoint (2 speakers + noise)."""
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from nass.inference import load_model
+    from nass.model.loading import load_model
 
     save = tmp_path_factory.mktemp("save")
     torch.manual_seed(0)

@@ -15,8 +15,8 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from nass.brain import SeparationBrain
-from nass.recipe import run
+from nass.training.brain import SeparationBrain
+from nass.training.recipe import run
 
 
 def main(probe_folder, recipe_args):

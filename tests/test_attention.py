@@ -7,8 +7,8 @@ import torch
 from speechbrain.nnet.attention import MultiheadAttention
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
-from nass.attention import FusedMultiheadAttention, use_fused_attention
-from nass.inference import load_model
+from nass.model.attention import FusedMultiheadAttention, use_fused_attention
+from nass.model.loading import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ from hyperpyyaml import resolve_references
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, separate
 from nass.cli import main
-from nass.demo import RECIPE_HPARAMS as DEMO_HPARAMS, claim_out_dir
+from nass.cli.demo import RECIPE_HPARAMS as DEMO_HPARAMS, claim_out_dir
 from nass.inference import Separator
 
 
@@ -341,7 +341,7 @@ def test_a_runs_saved_hyperparams_yaml_separates_and_refuses_overrides(checkpoin
 
 def test_separate_does_not_load_the_training_stack():
     code = ("import sys, nass.cli; "
-            "print(sorted(m for m in ('nass.recipe', 'nass.brain', 'nass.demo', 'matplotlib') "
+            "print(sorted(m for m in ('nass.training.recipe', 'nass.training.brain', 'nass.cli.demo', 'matplotlib') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

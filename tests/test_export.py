@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY, TINY_ARGS, TINY_SEPFORMER
-from nass.checkpoints import CheckpointMismatchError
+from nass.model.checkpoints import CheckpointMismatchError
 from nass.cli import main
-from nass.inference import Separator, load_model
-from nass.pretrained import init_from_pretrained, load_pretrained
-from nass.recipe import load_hparams, run, start_from_pretrained
+from nass.inference import Separator
+from nass.model.loading import load_model
+from nass.model import Outputs
+from nass.model.loading import load_pretrained
+from nass.training.pretrained import init_from_pretrained
+from nass.training.recipe import parse_arguments, run, start_from_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,7 +84,8 @@ def test_speechbrain_loads_the_export_and_gives_nass_outputs(nass_export, tmp_pa
     assert theirs.shape == ours.shape == (2, 8000, 3)
     assert (theirs - ours).abs().max() <= 1e-5
 
-    _, card, _ = load_pretrained(folder)
+    card = load_hyperpyyaml((folder / "hyperparams.yaml").read_text())
+    assert load_pretrained(folder).model.outputs == Outputs(2, True, "fixed")
     assert card["num_spks"] == 3 and card["sample_rate"] == 8000
     assert card["nass"] == {"num_speakers": 2, "noise_output": True, "noise_assignment": "fixed",
                             "noise_index": 2}
@@ -212,11 +217,11 @@ def test_pretrained_separator_with_lr_0_gives_the_source_models_results(
 
 def test_a_two_mask_folder_starts_a_nass_run_with_a_fresh_noise_mask(baseline_export, tmp_path, caplog):
     _, folder = baseline_export
-    *_, hparams = load_hparams([str(HPARAMS), "--data_folder", str(tmp_path), "--output_folder",
+    *_, hparams = parse_arguments([str(HPARAMS), "--data_folder", str(tmp_path), "--output_folder",
                                 str(tmp_path / "out"), *TINY_ARGS, "--pretrained_separator", str(folder)])
     separator = hparams["separator"]
     fresh = {k: v.clone() for k, v in separator.masknet.state_dict().items()}
-    with caplog.at_level("INFO", logger="nass.pretrained"):
+    with caplog.at_level("INFO", logger="nass.model.loading"):
         start_from_pretrained(hparams, resuming=False)
     assert "speaker masks 1-2 loaded; the noise mask starts fresh" in caplog.text
     saved = {name: torch.load(folder / f"{name}.ckpt", weights_only=True)
@@ -249,11 +254,11 @@ def test_a_folder_of_another_model_is_refused_with_reasons(tmp_path):
 
 def test_a_resumed_run_does_not_reload_the_pretrained_folder(baseline_export, tmp_path, caplog):
     _, folder = baseline_export
-    *_, hparams = load_hparams([str(HPARAMS), "--data_folder", str(tmp_path), "--output_folder",
+    *_, hparams = parse_arguments([str(HPARAMS), "--data_folder", str(tmp_path), "--output_folder",
                                 str(tmp_path / "out"), *TINY_ARGS, *BASELINE,
                                 "--pretrained_separator", str(folder)])
     before = {k: v.clone() for k, v in hparams["separator"].state_dict().items()}
-    with caplog.at_level("INFO", logger="nass.recipe"):
+    with caplog.at_level("INFO", logger="nass.training.recipe"):
         start_from_pretrained(hparams, resuming=True)
     assert "pretrained_separator" in caplog.text and "not loaded" in caplog.text
     after = hparams["separator"].state_dict()
@@ -270,7 +275,8 @@ needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") i
 
 @needs_onnxruntime
 def test_onnx_export_agrees_with_pytorch_and_separates_with_the_same_windows(tmp_path, capsys):
-    from nass.onnx_export import MIN_SDR_DB, OnnxSeparator, signal_to_difference_db
+    from nass.export.onnx import MIN_SDR_DB, signal_to_difference_db
+    from nass.inference.onnx_runtime import OnnxSeparator
 
     one_layer = [*TINY_ARGS, "--num_dual_path_layers", "1"]
     torch.manual_seed(3)
@@ -282,7 +288,7 @@ def test_onnx_export_agrees_with_pytorch_and_separates_with_the_same_windows(tmp
                  "--window-seconds", "0.5", *one_layer]) == 0
     assert "ONNX Runtime vs PyTorch" in capsys.readouterr().out
     graph = OnnxSeparator(tmp_path / "onnx" / "separator.onnx")
-    assert (graph.num_spks, graph.noise_output, graph.sample_rate) == (2, True, 8000)
+    assert (graph.outputs.num_spks, graph.outputs.noise_output, graph.sample_rate) == (2, True, 8000)
     for length in (16, 5555, 13001):   # the shortest input, and lengths it was not traced with
         mix = mixture(length / 8000, seed=length)
         with torch.no_grad():

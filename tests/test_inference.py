@@ -14,17 +14,12 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
 from nass.audio import TruncatedAudioWarning
-from nass.checkpoints import CheckpointMismatchError, CorruptCheckpointError, check_fit, read_meta
-from nass.chunking import crossfade_weights, plan_windows, separate_in_chunks
-from nass.inference import (
-    AudioInputError,
-    Separator,
-    load_model,
-    output_paths,
-    pick_noise,
-    save_sources,
-    speech_likeness,
-)
+from nass.model.checkpoints import CheckpointMismatchError, CorruptCheckpointError, check_fit, read_meta
+from nass.inference.windows import crossfade_weights, plan_windows, separate_in_chunks
+from nass.audio import AudioInputError, output_paths, save_sources
+from nass.inference import Separator, pick_noise, speech_likeness
+from nass.model import Outputs
+from nass.model.loading import load_model
 
 # The project's real-speech corpus lies in shared/ beside the checkout (not in a user's clone).
 REAL_LIBRI2MIX = (Path(__file__).resolve().parents[2] / "shared" / "data" / "mini-librimix-real"
@@ -87,7 +82,7 @@ def test_an_unreadable_best_checkpoint_is_skipped_with_a_warning(checkpoints, tm
     copy = tmp_path / "save"
     shutil.copytree(save, copy)
     (copy / best.name / "decoder.ckpt").write_bytes(b"")
-    with caplog.at_level("WARNING", logger="nass.checkpoints"):
+    with caplog.at_level("WARNING", logger="nass.model.checkpoints"):
         separator = Separator.from_hparams(HPARAMS, copy, overrides=TINY)
     assert f"Not using checkpoint {copy / best.name}: decoder.ckpt missing or empty" in caplog.text
     second = min((c for c in copy.glob("CKPT+*") if c.name != best.name),
@@ -225,12 +220,13 @@ class FixedOutputs(torch.nn.Module):
 
     kernel_size = 16
 
-    def __init__(self, outputs, num_spks=2):
+    def __init__(self, signals, noise_assignment="pit"):
         super().__init__()
-        self.outputs, self.num_spks, self.noise_output = outputs, num_spks, True
+        self.signals = signals
+        self.outputs = Outputs(signals.shape[-1] - 1, True, noise_assignment)
 
     def forward(self, mix):
-        return self.outputs[None, : mix.shape[1]]
+        return self.signals[None, : mix.shape[1]]
 
 
 def synthetic_sources(tmp_path, n_mixtures):
@@ -282,11 +278,11 @@ def test_noise_of_any_colour_or_rate_scores_eulers_constant_and_speech_more():
 def test_pit_model_gets_its_noise_named_and_fixed_model_its_last_output(tmp_path):
     s1, s2, noise = (torch.as_tensor(x) for x in synthetic_sources(tmp_path, n_mixtures=1)[0])
     mixture = s1 + s2 + noise
-    model = FixedOutputs(torch.stack([s2, noise, s1], dim=-1))
-    pit = Separator(model, 8000, noise_assignment="pit").separate_tensor(mixture, 8000)
+    signals = torch.stack([s2, noise, s1], dim=-1)
+    pit = Separator(FixedOutputs(signals, "pit"), 8000).separate_tensor(mixture, 8000)
     assert torch.equal(pit["noise"], noise)
     assert torch.equal(pit["spk1"], s2) and torch.equal(pit["spk2"], s1)
-    fixed = Separator(model, 8000, noise_assignment="fixed").separate_tensor(mixture, 8000)
+    fixed = Separator(FixedOutputs(signals, "fixed"), 8000).separate_tensor(mixture, 8000)
     assert torch.equal(fixed["noise"], s1)
 
 
@@ -360,7 +356,7 @@ class RecordingLengths(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model, self.lengths = model, []
-        self.num_spks, self.noise_output, self.kernel_size = model.num_spks, model.noise_output, 16
+        self.outputs, self.kernel_size = model.outputs, 16
 
     def forward(self, mix):
         self.lengths.append(mix.shape[1])

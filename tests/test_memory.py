@@ -15,9 +15,13 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, REPO, TINY
 from nass.cli import main
-from nass.inference import MemoryBudgetError, Separator, load_model
-from nass.memory import (GIB, forward_bytes, give_back_large_blocks, longest_window,
-                         measure_windows, window_bytes)
+from nass.inference import MemoryBudgetError, Separator
+from nass.model.loading import load_model
+from nass.inference.memory import GIB, forward_bytes, longest_window, window_bytes
+from nass.inference.process import give_back_large_blocks
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from memory_probe import measure_windows  # noqa: E402  (a benchmark's measuring harness)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Which output is the noise (nass.noise_id): one voice against noise and babble, in any order."""
+"""Which output is the noise (nass.inference.noise_id): one voice against noise and babble, in any order."""
 
 import itertools
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import nass.inference
-from nass.noise_id import (
+from nass.inference.noise_id import (
     FEATURES,
     WEIGHTS_FILE,
     features,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nass.pcl import (
+from nass.losses.pcl import (
     FramePatchSampler, PatchNCELoss, PatchSampler, chance_level, make_patch_sampler, pcl_loss,
 )
 

@@ -12,8 +12,8 @@ import re
 import pytest
 
 from conftest import LIBRIMIX_HPARAMS, TINY_ARGS
-from nass.demo import build_corpus
-from nass.recipe import run
+from nass.cli.demo import build_corpus
+from nass.training.recipe import run
 
 EPOCHS = 3
 

@@ -5,10 +5,10 @@ import itertools
 import pytest
 import torch
 
-from nass.objective import NASSObjective
-from nass.outputs import Outputs
-from nass.pcl import PatchSampler
-from nass.pit import align, best_assignment
+from nass.losses.objective import NASSObjective
+from nass.model.outputs import Outputs
+from nass.losses.pcl import PatchSampler
+from nass.losses.pit import align, best_assignment
 
 
 def signals(batch, length, n, seed=0):
@@ -121,7 +121,7 @@ def test_objective_validates_shapes_and_options():
         Outputs(2, noise_assignment="last")
     with pytest.raises(ValueError, match="needs noise_output"):
         NASSObjective(Outputs(2, noise_output=False), pcl_weight=1.0)
-    with pytest.raises(TypeError, match="must be a nass.outputs.Outputs"):
+    with pytest.raises(TypeError, match="must be a nass.model.outputs.Outputs"):
         NASSObjective(2, pcl_weight=0.0)
 
 

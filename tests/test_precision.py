@@ -8,10 +8,13 @@ import torch
 
 import nass
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
+
+FIXED = {**TINY, "noise_assignment": "fixed"}
 from nass.cli import main
-from nass.inference import Separator, load_model
+from nass.inference import Separator
+from nass.model.loading import load_model
 from nass.metrics import si_snr
-from nass.precision import NORMS, set_precision
+from nass.model.precision import NORMS, set_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -48,9 +51,9 @@ def test_bf16_runs_the_blocks_in_bf16_and_keeps_norms_mask_head_and_codec_fp32()
 
 def test_bf16_separation_agrees_with_fp32():
     torch.manual_seed(1)
-    exact = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed")
+    exact = Separator(load_model(HPARAMS, FIXED), 8000)
     torch.manual_seed(1)
-    fast = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed", precision="bf16")
+    fast = Separator(load_model(HPARAMS, FIXED), 8000, precision="bf16")
     assert fast.precision == "bf16"
     mix = real_mixture()
     ref, out = exact.separate_tensor(mix, 8000), fast.separate_tensor(mix, 8000)
@@ -63,7 +66,7 @@ def test_bf16_separation_agrees_with_fp32():
 
 def test_fp16_on_a_cpu_without_native_fp16_and_unknown_precisions_are_refused(
         tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(nass.precision, "cpu_has_fp16_matmul", lambda: False)
+    monkeypatch.setattr(nass.model.precision, "cpu_has_fp16_matmul", lambda: False)
     model = load_model(HPARAMS, TINY)
     with pytest.raises(ValueError, match="precision fp16 needs a CUDA device or a CPU with native"):
         Separator(model, 8000, precision="fp16")
@@ -85,11 +88,11 @@ def test_fp16_on_a_cpu_without_native_fp16_and_unknown_precisions_are_refused(
 
 def test_fp16_on_a_cpu_with_native_fp16_agrees_with_fp32(monkeypatch):
     # Forced on: a CPU without native fp16 computes the same values, only slower.
-    monkeypatch.setattr(nass.precision, "cpu_has_fp16_matmul", lambda: True)
+    monkeypatch.setattr(nass.model.precision, "cpu_has_fp16_matmul", lambda: True)
     torch.manual_seed(1)
-    exact = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed")
+    exact = Separator(load_model(HPARAMS, FIXED), 8000)
     torch.manual_seed(1)
-    fast = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed", precision="fp16")
+    fast = Separator(load_model(HPARAMS, FIXED), 8000, precision="fp16")
     block = fast.model.masknet.dual_mdl[0].intra_mdl.mdl.layers[0]
     assert block.pos_ffn.ffn[0].weight.dtype == torch.float16
     assert fast.model.masknet.conv2d.weight.dtype == torch.float32
@@ -102,9 +105,9 @@ def test_fp16_on_a_cpu_with_native_fp16_agrees_with_fp32(monkeypatch):
 
 
 def test_an_overflow_in_half_precision_is_an_error_not_silent_nans(monkeypatch):
-    monkeypatch.setattr(nass.precision, "cpu_has_fp16_matmul", lambda: True)
+    monkeypatch.setattr(nass.model.precision, "cpu_has_fp16_matmul", lambda: True)
     torch.manual_seed(1)
-    separator = Separator(load_model(HPARAMS, TINY), 8000, noise_assignment="fixed",
+    separator = Separator(load_model(HPARAMS, FIXED), 8000,
                           precision="fp16")
     # Weights at the edge of fp16's range (65504): the feed-forward layer's sums overflow it.
     weight = separator.model.masknet.dual_mdl[0].intra_mdl.mdl.layers[0].pos_ffn.ffn[0].weight

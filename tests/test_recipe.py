@@ -15,13 +15,13 @@ import torch
 import yaml
 
 from conftest import LIBRIMIX_RECIPE, REPO, TINY, TINY_DPRNN, TINY_SEPFORMER, recipe_command
-from nass.checkpoints import CheckpointMismatchError, NoCheckpointError, checkpoint_problems
+from nass.model.checkpoints import CheckpointMismatchError, NoCheckpointError, checkpoint_problems
 from nass.data.dynamic_mixing import DynamicMixer
 from nass.data.synthetic import make_custom, make_librispeech_like, make_noise_folder
 from nass.inference import Separator
 from nass.metrics import utterance_metrics
-from nass.pit import align
-from nass.recipe import RecipeError, load_hparams, run
+from nass.losses.pit import align
+from nass.training.recipe import RecipeError, parse_arguments, run
 
 SEPFORMER = str(LIBRIMIX_RECIPE / "hparams" / "sepformer-libri2mix.yaml")
 RESUMABLE = ["encoder", "decoder", "masknet", "patchsamplenet", "counter", "lr_scheduler",
@@ -93,7 +93,7 @@ def test_plain_baseline_has_no_noise_output_and_no_pcl(libri2mix, tmp_path):
 
 def test_baseline_starts_from_speechbrains_initialisation(libri2mix, tmp_path, monkeypatch):
     """Built with the seed, then every layer reset as SpeechBrain's recipe does; nothing for PCL."""
-    from nass import recipe
+    from nass.training import recipe
 
     started = {}
 
@@ -109,7 +109,7 @@ def test_baseline_starts_from_speechbrains_initialisation(libri2mix, tmp_path, m
             *TINY_SEPFORMER, "--noise_output", "False", "--pcl_weight", "0"]
     with pytest.raises(Started):
         run(args)
-    _, _, _, fresh = load_hparams(args)          # seeds torch as the recipe does
+    _, _, _, fresh = parse_arguments(args)          # seeds torch as the recipe does
     built = {k: v.clone() for k, v in fresh["separator"].state_dict().items()}
     separator = fresh["separator"]
     for part in (separator.encoder, separator.decoder, separator.masknet):   # SpeechBrain's order
@@ -270,7 +270,7 @@ def test_release_layout_checkpoint_is_evaluated_unchanged(libri2mix, tmp_path):
     out = tmp_path / "results" / "sepformer-libri2mix" / "1234"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
             *TINY_SEPFORMER, "--test_only", "True", "--save_audio", "False", "--seed", "7"]
-    _, _, _, donor = load_hparams(args)
+    _, _, _, donor = parse_arguments(args)
     ckpt = write_release_checkpoint(out / "save", donor)
     brain = run(args[:-2] + ["--seed", "1234"])
     for name in ("encoder", "masknet", "decoder", "patchsamplenet"):
@@ -282,7 +282,7 @@ def test_release_layout_checkpoint_is_evaluated_unchanged(libri2mix, tmp_path):
 
     # The same numbers, worked out directly with the donor model and the metrics.
     from nass.metrics import utterance_metrics
-    from nass.pit import align
+    from nass.losses.pit import align
     import soundfile as sf
 
     model = donor["separator"].eval()
@@ -303,7 +303,7 @@ def test_checkpoint_that_does_not_fit_is_one_clear_error(libri2mix, tmp_path):
     out = tmp_path / "mismatch"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
             *TINY_SEPFORMER, "--test_only", "True"]
-    _, _, _, donor = load_hparams(args)
+    _, _, _, donor = parse_arguments(args)
     write_release_checkpoint(out / "save", donor)
     with pytest.raises(CheckpointMismatchError, match="makes 3 masks but the model makes 4") as err:
         run(args + ["--num_spks", "3"])
@@ -323,7 +323,7 @@ def test_test_only_on_an_intra_epoch_checkpoint_gives_what_separate_gives(libri2
     out = tmp_path / "intra"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
             *TINY_SEPFORMER, "--save_audio", "False", "--seed", "7"]
-    _, _, _, donor = load_hparams(args)
+    _, _, _, donor = parse_arguments(args)
     # What SpeechBrain saves every ckpt_interval_minutes inside an epoch: no si-snr.
     intra = write_release_checkpoint(
         out / "save", donor, meta={"end-of-epoch": False, "brain_intra_epoch_ckpt": True})
@@ -357,7 +357,7 @@ def test_test_only_without_a_loadable_checkpoint_writes_no_csv(libri2mix, tmp_pa
     out = tmp_path / "broken"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
             *TINY_SEPFORMER, "--test_only", "True"]
-    _, _, _, donor = load_hparams(args)
+    _, _, _, donor = parse_arguments(args)
     ckpt = write_release_checkpoint(out / "save", donor)
     (ckpt / "masknet.ckpt").write_bytes(b"truncated")
     with pytest.raises(NoCheckpointError, match="no loadable checkpoint .* masknet.ckpt unreadable"):

@@ -10,7 +10,7 @@ from speechbrain.lobes.models.dual_path import (
     SBTransformerBlock,
 )
 
-from nass.separator import NoiseAwareSeparator
+from nass.model import NoiseAwareSeparator, Outputs
 
 
 def tiny(num_spks=2, noise_output=True, backbone="sepformer", n=16):
@@ -26,7 +26,7 @@ def tiny(num_spks=2, noise_output=True, backbone="sepformer", n=16):
     return NoiseAwareSeparator(
         Encoder(kernel_size=16, out_channels=n), masknet,
         Decoder(in_channels=n, out_channels=1, kernel_size=16, stride=8, bias=False),
-        num_spks=num_spks, noise_output=noise_output,
+        Outputs(num_spks, noise_output),
     )
 
 
@@ -83,7 +83,7 @@ def test_short_input_and_wrong_masknet_are_refused():
     with pytest.raises(ValueError, match=r"input of 15 samples is shorter than the encoder kernel \(16"):
         model(torch.randn(1, 15))
     with pytest.raises(ValueError, match="masknet makes 3 masks but num_spks=3 with noise_output=True needs 4"):
-        NoiseAwareSeparator(model.encoder, model.masknet, model.decoder, num_spks=3)
+        NoiseAwareSeparator(model.encoder, model.masknet, model.decoder, Outputs(3))
 
 
 def test_separate_accepts_one_signal():

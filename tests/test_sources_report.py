@@ -48,7 +48,7 @@ def test_sidecar_says_which_output_is_which_as_the_api_does(checkpoint, api, tal
 @pytest.mark.parametrize("close", [True, False])
 def test_a_close_call_is_one_line_on_stderr_naming_the_file(checkpoint, talk, capsys, monkeypatch,
                                                            close):
-    monkeypatch.setattr("nass.noise_id.CLOSE_MARGIN", math.inf if close else -math.inf)
+    monkeypatch.setattr("nass.inference.noise_id.CLOSE_MARGIN", math.inf if close else -math.inf)
     assert separate(checkpoint, talk) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "close call" in line]
     assert len(lines) == (1 if close else 0)
@@ -85,8 +85,8 @@ def test_sidecar_is_not_overwritten_without_overwrite(checkpoint, talk, capsys):
 
 
 @pytest.mark.parametrize("value,message", [
-    ("3", "--noise-output must be a model output from 0 to 2, got 3"),
-    ("-1", "--noise-output must be a model output from 0 to 2, got -1"),
+    ("3", "--noise-output: must be a model output from 0 to 2, got 3"),
+    ("-1", "--noise-output: must be a model output from 0 to 2, got -1"),
 ])
 def test_a_bad_noise_output_is_one_line(checkpoint, talk, capsys, value, message):
     assert separate(checkpoint, talk, "--noise-output", value) == 1
@@ -97,5 +97,5 @@ def test_a_bad_noise_output_is_one_line(checkpoint, talk, capsys, value, message
 
 def test_the_api_refuses_a_bad_noise_output(api):
     for bad in (3, -1, 1.0):
-        with pytest.raises(ValueError, match="noise_output must be an output index from 0 to 2"):
+        with pytest.raises(ValueError, match="noise_output: must be a model output from 0 to 2"):
             api.separate_tensor(torch.randn(4000), 8000, noise_output=bad)

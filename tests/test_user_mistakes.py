@@ -21,7 +21,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS, LIBRIMIX_RECIPE, TINY, TINY_ARGS, TINY_SEPFORMER
 from nass.data.prepare import librimix_layout, prepare_layout
-from nass.inference import load_model
+from nass.model.loading import load_model
 
 TRAIN = [sys.executable, str(LIBRIMIX_RECIPE / "train.py")]
 NASS = [sys.executable, "-m", "nass.cli"]

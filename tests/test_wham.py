@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import TINY_DPRNN, TINY_SEPFORMER, WHAM_RECIPE
-from nass.recipe import load_hparams, run
+from nass.training.recipe import parse_arguments, run
 from test_recipe import check_results, write_release_checkpoint
 
 
@@ -35,7 +35,7 @@ def test_release_checkpoint_evaluates_on_wham(wham_corpus, tmp_path):
     out = tmp_path / "release"
     args = [str(WHAM_RECIPE / "hparams" / "sepformer-wham.yaml"), "--data_folder", str(wham_corpus),
             "--output_folder", str(out), *TINY_SEPFORMER, "--test_only", "True", "--save_audio", "False"]
-    _, _, _, donor = load_hparams(args)
+    _, _, _, donor = parse_arguments(args)
     write_release_checkpoint(out / "save", donor)
     run(args)
     check_results(out, wham_corpus, split_dir="tt")

@@ -10,10 +10,11 @@ from speechbrain.lobes.models.transformer.Transformer import PositionalEncoding
 from speechbrain.utils.checkpoints import Checkpointer
 
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
-from nass.chunking import longest_input, max_positions, plan_windows, separate_in_chunks
+from nass.inference.windows import longest_input, max_positions, plan_windows, separate_in_chunks
 from nass.cli import main
 from nass.data.synthetic import make_librimix
-from nass.inference import Separator, load_model
+from nass.inference import Separator
+from nass.model.loading import load_model
 from nass.metrics import pairwise_si_snr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,8 +71,8 @@ def test_levels_and_order_carry_across_windows(sources, fixed_last, signs):
 def test_without_level_matching_the_same_windows_fall_apart(sources, monkeypatch):
     # The test above can fail: with the gains left as the windows give them,
     # the stitched sources are far from the true ones.
-    monkeypatch.setattr("nass.chunking._match_level", lambda est, *args: est)
-    monkeypatch.setattr("nass.chunking._fit_to_mixture", lambda est, mixture, free, gain: gain)
+    monkeypatch.setattr("nass.inference.windows._match_level", lambda est, *args: est)
+    monkeypatch.setattr("nass.inference.windows._fit_to_mixture", lambda est, mixture, free, gain: gain)
     mixture = sources.sum(dim=-1)[None]
     stitched = separate_in_chunks(oracle_separator(sources, 8000, seed=1), mixture, chunk_size=8000)[0]
     assert best_si_snr_per_source(stitched, sources).min() < 15

@@ -20,11 +20,12 @@ lists; ``skip_prep`` trusts existing csvs instead.
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
+
+from nass.files import write_text
 
 SPLITS = ("train", "valid", "test")
 
@@ -174,7 +175,7 @@ def prepare_layout(layout, save_folder, sample_rate, splits=SPLITS, skip_prep=Fa
     for split, rows in tables.items():
         text = _csv_text(columns, rows)
         if not paths[split].exists() or paths[split].read_text() != text:
-            _atomic_write(paths[split], text)
+            write_text(paths[split], text)
     return paths
 
 
@@ -287,8 +288,3 @@ def _csv_text(columns, rows):
     writer.writerows(rows)
     return out.getvalue()
 
-
-def _atomic_write(path, text):
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -40,7 +40,7 @@ How long a window may be is bounded by the model too: SpeechBrain's
 Sepformer adds a positional encoding of at most 2500 positions to its
 sequence of chunks, so it fails on longer inputs; :func:`longest_input`
 says how long, and :class:`nass.inference.Separator` caps its windows there
-(and where their memory would exceed its ``max_memory``: :mod:`nass.memory`).
+(and where their memory would exceed its ``max_memory``: :mod:`nass.inference.memory`).
 
 Example
 -------
@@ -67,9 +67,15 @@ import math
 import torch
 from tqdm import tqdm
 
+from nass.inference.memory import GIB, MemoryBudgetError, plan_window
 from nass.metrics import pairwise_si_snr
-from nass.pit import align, best_assignment
+from nass.losses.pit import align, best_assignment
 
+# Windows of this many seconds unless asked otherwise: the test mixtures of
+# LibriMix and WHAM! (almost all shorter) go through in one pass, as the
+# recipe's evaluation and the reference take them; about 1 GiB for the release
+# Sepformer in fp32 (figures: benchmarks/README.md).
+DEFAULT_CHUNK_SECONDS = 30.0
 # A quarter of each window is shared with the next: enough signal (7.5 s of a
 # 30 s window) to match outputs reliably, while every sample is separated
 # only 1 / (1 - 0.25) = 1.33 times on average (2 times at 50 %).
@@ -128,7 +134,7 @@ def separate_in_chunks(separate, mixture, chunk_size, overlap=DEFAULT_OVERLAP,
     ---------
     separate : callable
         ``[1, t] -> [1, t, S]`` for any ``t <= chunk_size``, e.g. a
-        :class:`nass.separator.NoiseAwareSeparator` in eval mode.
+        :class:`nass.model.separator.NoiseAwareSeparator` in eval mode.
     mixture : torch.Tensor
         ``[1, T]``.
     chunk_size : int
@@ -186,14 +192,14 @@ def longest_input(model):
 
     >>> from speechbrain.lobes.models.dual_path import (
     ...     Decoder, Dual_Path_Model, Encoder, SBTransformerBlock)
-    >>> from nass.separator import NoiseAwareSeparator
+    >>> from nass.model import NoiseAwareSeparator, Outputs
     >>> block = lambda: SBTransformerBlock(num_layers=1, d_model=16, nhead=2, d_ffn=16,
     ...                                    use_positional_encoding=True)
     >>> sepformer = NoiseAwareSeparator(
     ...     Encoder(kernel_size=16, out_channels=16),
     ...     Dual_Path_Model(16, 16, block(), block(), num_layers=1, K=250, num_spks=3),
     ...     Decoder(in_channels=16, out_channels=1, kernel_size=16, stride=8, bias=False),
-    ...     num_spks=2)
+    ...     Outputs(num_spks=2))
     >>> longest_input(sepformer) / 8000       # seconds at 8 kHz
     312.375875
     """
@@ -285,3 +291,55 @@ def _fit_to_mixture(est, window_mixture, free, gain):
     gain = gain.clone().double()
     gain[free] = solution
     return gain.to(est.dtype)
+
+def choose_window(model, sample_rate, chunk_seconds=None, max_memory=None):
+    """``(samples or None, note or None)``: the window :class:`nass.inference.Separator` uses.
+
+    ``chunk_seconds`` is what the caller asked for (None: the default
+    :data:`DEFAULT_CHUNK_SECONDS`; ``math.inf``: one pass). The window is
+    capped at :func:`longest_input` and at the longest whose memory fits
+    ``max_memory`` GiB (None: not capped for memory;
+    :func:`nass.inference.memory.plan_window`). ``note`` says why a window
+    is shorter than asked (or than the default, for memory); None when it
+    is not, or when only the model's own bound shortened the default.
+
+    Raises ValueError for a window too short for the overlap and the
+    encoder, and :class:`nass.inference.memory.MemoryBudgetError` when not
+    even the shortest window fits ``max_memory``.
+    """
+    asked = chunk_seconds is not None
+    seconds = DEFAULT_CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
+    if not seconds > 0:
+        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+    kernel = model.kernel_size
+    size = None if math.isinf(seconds) else round(seconds * sample_rate)
+    # Every window, the last included, is longer than the overlap, and at least one kernel.
+    shortest = math.ceil(kernel / DEFAULT_OVERLAP)
+    if size is not None and round(size * DEFAULT_OVERLAP) < kernel:
+        raise ValueError(f"chunk_seconds must be at least {shortest / sample_rate:.4f} s, "
+                         f"got {chunk_seconds}")
+    note = None
+    longest = longest_input(model)
+    if longest is not None and (size is None or size > longest):
+        size = longest
+        if asked:
+            note = (f"windows capped at {longest / sample_rate:.2f} s instead of {seconds:g} s: "
+                    f"the model cannot separate more in one pass (its positional encoding covers "
+                    f"at most {max_positions(model)} chunks of {model.masknet.K} frames)")
+    if max_memory is None:
+        return size, note
+    fits, size_bytes, shortest_bytes = plan_window(model, max_memory * GIB, shortest, asked=size)
+    if fits is None:
+        raise MemoryBudgetError(
+            f"max_memory (--max-memory) of {max_memory:.3g} GiB is too little for this model: "
+            f"its weights and the shortest window ({shortest / sample_rate:.4f} s) need about "
+            f"{shortest_bytes / GIB:.3g} GiB")
+    if size is None or fits < size:
+        wanted = ("longer windows" if size is None else
+                  f"a {size / sample_rate:g} s window, about {size_bytes / GIB:.3g} GiB,")
+        asked_for = f"{seconds:g} s" if asked else f"the default {seconds:g} s"
+        note = (f"windows capped at {fits / sample_rate:.2f} s instead of {asked_for}: {wanted} "
+                f"would not fit in the {max_memory:.3g} GiB allowed for the model and one window "
+                f"(--max-memory; default 80 % of the memory available)")
+        size = fits
+    return size, note

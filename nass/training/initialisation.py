@@ -39,7 +39,7 @@ def reset_recursively(module):
 
 
 def initialise_like_reference(separator, patch_sampler=None):
-    """Re-initialises a :class:`nass.separator.NoiseAwareSeparator` (and the patch sampler).
+    """Re-initialises a :class:`nass.model.separator.NoiseAwareSeparator` (and the patch sampler).
 
     The parts are reset in the order of the reference's ``modules``:
     encoder, decoder, mask network, patch sampler.

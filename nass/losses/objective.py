@@ -1,7 +1,7 @@
 """The NASS training objective: SI-SNR with PIT plus the PCL term, per utterance.
 
 What the outputs are and how the noise output is found is the
-:class:`nass.outputs.Outputs` the objective is given (``noise_assignment``):
+:class:`nass.model.outputs.Outputs` the objective is given (``noise_assignment``):
 
 * ``"pit"`` (the reference's behaviour): PIT over all C+1 outputs against
   ``[s_1..s_C, noise]``; whichever output PIT gives the noise target is noise.
@@ -27,9 +27,9 @@ True
 import torch
 
 from nass.metrics import pairwise_si_snr
-from nass.outputs import Outputs
-from nass.pcl import PatchNCELoss, chance_level, pcl_loss
-from nass.pit import align, best_assignment
+from nass.model.outputs import Outputs
+from nass.losses.pcl import PatchNCELoss, chance_level, pcl_loss
+from nass.losses.pit import align, best_assignment
 
 
 class NASSObjective:
@@ -37,7 +37,7 @@ class NASSObjective:
 
     Arguments
     ---------
-    outputs : nass.outputs.Outputs
+    outputs : nass.model.outputs.Outputs
         C, the noise output and how it is assigned.
     pcl_weight : float
         lambda; 0 turns PCL off.
@@ -49,7 +49,7 @@ class NASSObjective:
 
     def __init__(self, outputs, pcl_weight=2.0, pcl_num_patches=256, pcl_temperature=0.07):
         if not isinstance(outputs, Outputs):
-            raise TypeError(f"outputs must be a nass.outputs.Outputs, got {type(outputs).__name__}")
+            raise TypeError(f"outputs must be a nass.model.outputs.Outputs, got {type(outputs).__name__}")
         if pcl_weight < 0:
             raise ValueError(f"pcl_weight must be >= 0, got {pcl_weight}")
         if pcl_weight > 0 and not outputs.noise_output:
@@ -115,8 +115,8 @@ class NASSObjective:
         lengths : torch.Tensor, optional
             Valid samples per utterance ``[B]``.
         patch_sampler : torch.nn.Module, optional
-            The trained :class:`nass.pcl.PatchSampler` or
-            :class:`nass.pcl.FramePatchSampler` (as the Brain holds it, DDP
+            The trained :class:`nass.losses.pcl.PatchSampler` or
+            :class:`nass.losses.pcl.FramePatchSampler` (as the Brain holds it, DDP
             wrapper included), needed for PCL.
 
         Returns

@@ -1,40 +1,27 @@
 """How much memory one window of separation needs, and the longest window a budget allows.
 
 A window's peak memory is the model's weights, plus the input, plus the most
-bytes that the tensors of one forward pass hold at any one time. The last is
-found by running the forward pass on *meta* tensors (shapes and dtypes, no
-data, no arithmetic) while counting the bytes of every tensor from the
-moment an operation returns it to the moment it is freed
-(:class:`LiveBytes`). So the estimate follows the model as it really runs:
-any block (transformer or RNN), attention through the fused kernel or
-computed explicitly (quadratic in the number of chunks), the precision of
-each part (:mod:`nass.precision`), for any length, in a fraction of a second
-and without allocating anything. Tracing on meta tensors imports
-``torch._dynamo`` and sympy (PyTorch's reference kernels need them): 145 MiB
-that would stay for the whole run, so :func:`plan_window` traces in a forked
-child process.
-
-What it leaves out: scratch memory an operation allocates and frees inside
-itself (a convolution's unfolded input; presumably a bf16 matrix product's fp32
-buffers), and the allocator's own overhead (small once
-:func:`give_back_large_blocks` is set). Measured against the growth of the
-peak resident memory of real forward passes: 0.95 to 0.99 of it for the
-release-size Sepformer (fused attention) and DPRNN in fp32 and bf16 on an
-8 s window, 1.07 and 0.82 for SpeechBrain's explicit attention in fp32 and
-bf16 (``python benchmarks/inference.py --memory``); 0.8 to 1.1 for tiny
-models (``tests/test_memory.py``).
+bytes the tensors of one forward pass hold at any one time. The last is found
+by running the forward pass on *meta* tensors (shapes, no data) while counting
+the bytes of every tensor from the moment it is made to the moment it is freed
+(:class:`LiveBytes`), so the estimate follows the model as it really runs: any
+block, fused or explicit attention, each part's precision, any length. Tracing
+imports ``torch._dynamo`` and sympy for good, so :func:`plan_window` traces in
+a forked child (:func:`nass.inference.process.in_a_child`). Scratch memory
+inside one operation is not seen; how close the estimate is, measured, is in
+``benchmarks/README.md`` (``benchmarks/inference.py --memory``).
 
 Example
 -------
 >>> import torch
 >>> from speechbrain.lobes.models.dual_path import Decoder, Dual_Path_Model, Encoder, SBRNNBlock
->>> from nass.separator import NoiseAwareSeparator
+>>> from nass.model import NoiseAwareSeparator, Outputs
 >>> block = lambda: SBRNNBlock(input_size=16, hidden_channels=8, num_layers=1, bidirectional=True)
 >>> model = NoiseAwareSeparator(
 ...     Encoder(kernel_size=16, out_channels=16),
 ...     Dual_Path_Model(16, 16, block(), block(), num_layers=1, K=20, num_spks=3),
 ...     Decoder(in_channels=16, out_channels=1, kernel_size=16, stride=8, bias=False),
-...     num_spks=2).eval()
+...     Outputs(num_spks=2)).eval()
 >>> one, two = (forward_bytes(model, seconds * 8000) for seconds in (10, 20))
 >>> round(two / one, 1)                     # an RNN's memory grows with the window
 2.0
@@ -44,30 +31,25 @@ Example
 True
 """
 
-import ctypes
-import ctypes.util
-import json
 import math
-import os
-import pickle
-import subprocess
-import sys
 import weakref
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from nass.inference.process import available_memory, in_a_child
+
 GIB = 2**30
+
+
+class MemoryBudgetError(ValueError):
+    """``max_memory`` is too little for even the shortest window of the model."""
+
 # The default budget: this share of the memory available when the separator
 # is made (the rest is left to the process's signals and to other programs).
 AVAILABLE_SHARE = 0.8
-# glibc's mallopt parameter, and the size from which freed blocks go straight
-# back to the system (see give_back_large_blocks).
-M_MMAP_THRESHOLD = -3
-LARGE_BLOCK = 2**20
 # longest_window stops when the window is known to within this fraction.
 PRECISION = 0.01
 
@@ -277,136 +259,8 @@ def _plan_window(model, budget, shortest, asked):
     return longest, asked_bytes, window_bytes(model, shortest)
 
 
-def in_a_child(function, *args):
-    """``function(*args)`` computed in a forked child process, whose memory goes when it ends.
-
-    The child gets a copy of this process (nothing is copied until it is
-    written) and sends the result back through a pipe; where there is no
-    ``fork`` (Windows), ``function`` runs here.
-
-    >>> in_a_child(sum, [1, 2, 3])
-    6
-    """
-    if not hasattr(os, "fork"):
-        return function(*args)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            try:
-                result = (True, function(*args))
-            except Exception as err:  # sent back, raised in the parent
-                result = (False, err)
-            with os.fdopen(write, "wb") as pipe:
-                pickle.dump(result, pipe)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    if not data:
-        raise RuntimeError(f"in_a_child: the child process computing {function.__name__} died")
-    ok, value = pickle.loads(data)
-    if not ok:
-        raise value
-    return value
-
-
-def measured_forward_bytes(model, samples):
-    """How much one real forward pass on ``[1, samples]`` raised this process's resident memory (Linux).
-
-    For checking :func:`forward_bytes`: the pass runs once on a short input
-    first (lazy initialisation, the kernels' caches), then the peak is reset
-    (``/proc/self/clear_refs``) and the pass on ``samples`` runs; the answer
-    is its peak resident memory minus that before it. Call
-    :func:`give_back_large_blocks` first, as :class:`nass.inference.Separator`
-    does, and run it in a fresh process.
-    """
-    mixture = torch.randn(1, int(samples), generator=torch.Generator().manual_seed(0))
-
-    def status(key):
-        with open("/proc/self/status", encoding="ascii") as lines:
-            return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
-
-    with torch.no_grad():
-        model(mixture[:, :min(int(samples), 4000)])
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-            clear.write("5")
-        before = status("VmRSS:")
-        model(mixture)
-        return status("VmHWM:") - before
-
-
-# Run by measure_windows in a fresh Python process: argv[1] is its configs as JSON.
-MEASURE_SCRIPT = """
-import json, sys, torch
-from nass.inference import load_model
-from nass.memory import forward_bytes, give_back_large_blocks, measured_forward_bytes
-from nass.precision import set_precision
-torch.set_num_threads(1)
-give_back_large_blocks()
-results = {}
-for name, (hparams, overrides, precision, samples) in json.loads(sys.argv[1]).items():
-    model = set_precision(load_model(hparams, overrides).eval(), precision)
-    results[name] = [measured_forward_bytes(model, samples), forward_bytes(model, samples)]
-print(json.dumps(results))
-"""
-
-
-def measure_windows(configs, timeout=None):
-    """``{name: (measured, estimated)}``: one forward pass of each model, measured and traced.
-
-    ``configs`` is ``{name: (hparams file, overrides, precision, samples)}``;
-    the models are built and measured one after the other in one fresh
-    Python process on one thread (:func:`measured_forward_bytes` against
-    :func:`forward_bytes`), with :func:`give_back_large_blocks` set as
-    :class:`nass.inference.Separator` sets it. Linux only. A failure of that
-    process is a RuntimeError carrying the end of its stderr.
-    """
-    proc = subprocess.run(
-        [sys.executable, "-c", MEASURE_SCRIPT,
-         json.dumps({name: [str(config[0]), *config[1:]] for name, config in configs.items()})],
-        capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measure_windows: the measuring process failed:\n{proc.stderr[-3000:]}")
-    return {name: tuple(pair) for name, pair in json.loads(proc.stdout.splitlines()[-1]).items()}
-
-
-def available_memory(device):
-    """Bytes free for the process on ``device``: CUDA's free memory, or the system's available."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
 def default_budget(model, device):
     """Bytes for the weights and one window: the weights plus :data:`AVAILABLE_SHARE` of what is free."""
     return weights_bytes(model) + math.floor(AVAILABLE_SHARE * available_memory(device))
 
 
-def give_back_large_blocks():
-    """Has glibc's malloc map blocks of :data:`LARGE_BLOCK` or more on their own; True if it could.
-
-    By default glibc raises this threshold (up to 32 MiB) each time a large
-    block is freed, so the tensors of a window (a few MiB to tens of MiB
-    each) end up on its heaps, where freed space is reused only by blocks that
-    fit in it and the heaps grow: measured with the release-size Sepformer
-    on an 8 s window in fp32, the process grew by 433 MiB for 266 MiB of
-    tensors. With a fixed threshold every large tensor gets its own mapping,
-    returned to the system when freed, and the memory a window takes is what
-    its tensors hold (267 to 270 MiB: :func:`forward_bytes` to 2 %). The
-    price is fresh pages, faulted in and zeroed, for every large tensor: the
-    same window took 11 to 19 % longer (two pairs of runs on a loaded
-    machine; ``benchmarks/README.md``).
-    Elsewhere than glibc (macOS, musl) nothing changes and False is returned.
-    """
-    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
-    return bool(mallopt) and mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK) == 1

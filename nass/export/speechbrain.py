@@ -1,7 +1,7 @@
 """``nass export``: a trained model as a SpeechBrain pretrained-model folder, or as ONNX.
 
 ``export_pretrained`` writes the layout of SpeechBrain's hub models
-(:mod:`nass.pretrained`) from a recipe's hparams file and a checkpoint:
+(:mod:`nass.model.loading`) from a recipe's hparams file and a checkpoint:
 
 * ``hyperparams.yaml`` in the style of SpeechBrain's model cards: the
   architecture with every value resolved (``Encoder``, the intra/inter
@@ -19,8 +19,6 @@
 The folder is checked before the command returns: SpeechBrain's
 ``SepformerSeparation.from_hparams(source=folder)`` loads it and separates
 a random mixture into the nass model's outputs.
-
-``export_onnx_file`` writes ``separator.onnx`` (:mod:`nass.onnx_export`).
 """
 
 import copy
@@ -37,14 +35,14 @@ from hyperpyyaml import resolve_references
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 
-from nass.checkpoints import read_meta
-from nass.inference import Separator, load_hparams
-from nass.pretrained import FACTS_KEY, HPARAMS_FILE, MODULE_NAMES
+from nass.export import ExportError, check_writable
+from nass.hparams import load_model_hparams
+from nass.model.checkpoints import read_meta
+from nass.model.loading import FACTS_KEY, HPARAMS_FILE, MODULE_NAMES, load_trained
 
 logger = logging.getLogger(__name__)
 
 README_FILE = "README.md"
-ONNX_FILE = "separator.onnx"
 # SpeechBrain's outputs must equal nass's to this (absolute, on outputs of about 0.1-1).
 CHECK_TOLERANCE = 1e-5
 CHECK_SECONDS = 1.0
@@ -53,10 +51,6 @@ TRAINING_OPTIONS = ("experiment_name", "data_folder", "noisy", "train_set", "lib
                     "wham_mode", "dynamic_mixing", "noise_output", "noise_assignment",
                     "pcl_weight", "N_epochs", "batch_size", "lr", "training_signal_len",
                     "use_speedperturb", "precision", "seed")
-
-
-class ExportError(ValueError):
-    """An export that cannot be done as asked (existing files, an unexportable model)."""
 
 
 def export_pretrained(hparams_file, checkpoint, out_dir, overrides=None, overwrite=False,
@@ -85,19 +79,16 @@ def export_pretrained(hparams_file, checkpoint, out_dir, overrides=None, overwri
     """
     out_dir = Path(out_dir)
     names = [HPARAMS_FILE, README_FILE] + [f"{n}.ckpt" for n in MODULE_NAMES]
-    _check_writable(out_dir, names, overwrite)
-    separator = Separator.from_hparams(hparams_file, checkpoint, overrides=overrides)
-    hparams = load_hparams(hparams_file, overrides)
-    model, ckpt = separator.model, separator.checkpoint
-    facts = output_facts(model, separator.outputs.noise_assignment)
-    card = model_card_hparams(hparams_file, overrides, separator.sample_rate, facts)
+    check_writable(out_dir, names, overwrite)
+    model, sample_rate, ckpt = load_trained(hparams_file, checkpoint, overrides)
+    hparams = load_model_hparams(hparams_file, overrides)
+    card = model_card_hparams(hparams_file, overrides, sample_rate, model.outputs)
     if test_results is None:
         test_results = ckpt.parent.parent / "test_results.csv"
         test_results = test_results if test_results.is_file() else None
     results = read_test_results(test_results) if test_results else None
 
-    readme = model_card(hparams_file, overrides, hparams, model, facts, ckpt, results,
-                        out_dir.name)
+    readme = model_card(hparams_file, overrides, hparams, model, ckpt, results, out_dir.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written and checked in a hidden folder first: a failed or interrupted
     # export leaves no half-usable model under the final names.
@@ -108,7 +99,7 @@ def export_pretrained(hparams_file, checkpoint, out_dir, overrides=None, overwri
             state = {k: v.detach().cpu() for k, v in getattr(model, name).state_dict().items()}
             torch.save(state, partial / f"{name}.ckpt")
         (partial / README_FILE).write_text(readme, encoding="utf-8")
-        difference = check_with_speechbrain(partial, model, separator.sample_rate)
+        difference = check_with_speechbrain(partial, model, sample_rate)
         for name in names:
             os.replace(partial / name, out_dir / name)
     logger.info("SpeechBrain's SepformerSeparation loads %s: outputs within %.1e of nass's",
@@ -116,36 +107,7 @@ def export_pretrained(hparams_file, checkpoint, out_dir, overrides=None, overwri
     return out_dir
 
 
-def export_onnx_file(separator, out_dir, window_seconds=2.0, overwrite=False):
-    """Writes ``<out_dir>/separator.onnx`` for a loaded :class:`nass.inference.Separator`.
-
-    Returns :func:`nass.onnx_export.export_onnx`'s report.
-    """
-    from nass.onnx_export import export_onnx
-
-    out_dir = Path(out_dir)
-    _check_writable(out_dir, [ONNX_FILE], overwrite)
-    return export_onnx(separator.model, out_dir / ONNX_FILE, separator.sample_rate,
-                       separator.outputs.noise_assignment, window_seconds=window_seconds)
-
-
-def output_facts(model, noise_assignment):
-    """The ``nass`` mapping of ``hyperparams.yaml``: what each output is.
-
-    >>> from types import SimpleNamespace
-    >>> output_facts(SimpleNamespace(num_spks=2, noise_output=True, num_outputs=3), "fixed")
-    {'num_speakers': 2, 'noise_output': True, 'noise_assignment': 'fixed', 'noise_index': 2}
-    """
-    fixed = model.noise_output and noise_assignment == "fixed"
-    return {
-        "num_speakers": int(model.num_spks),
-        "noise_output": bool(model.noise_output),
-        "noise_assignment": noise_assignment,
-        "noise_index": model.num_outputs - 1 if fixed else None,
-    }
-
-
-def model_card_hparams(hparams_file, overrides, sample_rate, facts):
+def model_card_hparams(hparams_file, overrides, sample_rate, outputs):
     """The text of a model-card ``hyperparams.yaml`` for the separator of ``hparams_file``.
 
     The recipe's ``separator`` entry names its encoder, mask network and
@@ -165,7 +127,6 @@ def model_card_hparams(hparams_file, overrides, sample_rate, facts):
             blocks[name] = copy.deepcopy(value)
             masknet[key] = TaggedScalar(f"<{name}>", tag="!ref")
     masknet["num_spks"] = TaggedScalar("<num_spks>", tag="!ref")
-    num_outputs = facts["num_speakers"] + int(facts["noise_output"])
 
     network = CommentedMap()
     network["Encoder"] = copy.deepcopy(parts["encoder"])
@@ -179,12 +140,11 @@ def model_card_hparams(hparams_file, overrides, sample_rate, facts):
 
     yaml = YAML(typ="rt")
     yaml.indent(mapping=4, sequence=4, offset=2)
-    facts_map = CommentedMap(facts)
+    facts_map = CommentedMap(outputs.to_dict())
     body = io.StringIO()
     yaml.dump(network, body)
     facts_text = io.StringIO()
     yaml.dump({FACTS_KEY: facts_map}, facts_text)
-    outputs = _output_names(facts)
     return "\n".join([
         "# ############################################################################",
         f"# Model: inference for source separation, exported by nass from {Path(hparams_file).name}",
@@ -193,8 +153,8 @@ def model_card_hparams(hparams_file, overrides, sample_rate, facts):
         "# ############################################################################",
         "",
         f"sample_rate: {int(sample_rate)}",
-        f"# Masks, i.e. outputs of separate_batch: {', '.join(outputs)}",
-        f"num_spks: {num_outputs}",
+        f"# Masks, i.e. outputs of separate_batch: {outputs.describe()}",
+        f"num_spks: {outputs.num_outputs}",
         "",
         "# What nass knows about the outputs (SpeechBrain ignores this key): how many are",
         "# speakers, whether one is the noise and, with noise_assignment fixed, which",
@@ -255,11 +215,11 @@ def read_test_results(path):
     return out
 
 
-def model_card(hparams_file, overrides, hparams, model, facts, ckpt, results, name):
+def model_card(hparams_file, overrides, hparams, model, ckpt, results, name):
     """The ``README.md`` of an exported folder."""
-    outputs = _output_names(facts)
+    outputs = model.outputs
     backbone = "Sepformer" if "self_att" in " ".join(model.masknet.state_dict()) else "DPRNN"
-    kind = "NASS (noise-aware)" if facts["noise_output"] else "plain (no noise output)"
+    kind = "NASS (noise-aware)" if outputs.noise_output else "plain (no noise output)"
     params = {n: sum(p.numel() for p in getattr(model, n).parameters()) for n in MODULE_NAMES}
     meta = read_meta(ckpt)
     epoch = _epoch(ckpt)
@@ -273,11 +233,11 @@ def model_card(hparams_file, overrides, hparams, model, facts, ckpt, results, na
         f"# {backbone} {kind} separator, exported by nass",
         "",
         f"Separates a single-channel mixture at {hparams['sample_rate']} Hz into "
-        f"{len(outputs)} outputs: {', '.join(outputs)}.",
+        f"{outputs.describe()}.",
         "",
         "## Outputs",
         "",
-        _noise_sentence(facts),
+        _noise_sentence(outputs),
         "",
         "## Architecture",
         "",
@@ -321,8 +281,8 @@ def model_card(hparams_file, overrides, hparams, model, facts, ckpt, results, na
         "from speechbrain.inference.separation import SepformerSeparation",
         "",
         f'model = SepformerSeparation.from_hparams(source="{name}")   # a local folder: read in place',
-        f"est_sources = model.separate_file(path=\"mixture.wav\")   # [1, time, {len(outputs)}]: "
-        f"{', '.join(outputs)}",
+        f"est_sources = model.separate_file(path=\"mixture.wav\")   # [1, time, "
+        f"{outputs.num_outputs}]: {outputs.describe()}",
         "```",
         "",
         "SpeechBrain's `separate_file` peak-normalises each output; `separate_batch` gives the "
@@ -332,7 +292,7 @@ def model_card(hparams_file, overrides, hparams, model, facts, ckpt, results, na
         "",
         "```bash",
         f"nass separate --checkpoint {name} mixture.wav --out-dir separated/",
-        f"# -> separated/mixture_{'.wav, mixture_'.join(_file_names(facts))}.wav",
+        f"# -> separated/mixture_{'.wav, mixture_'.join(outputs.source_names)}.wav",
         f"nass export --checkpoint {name} --out-dir onnx/ --format onnx     # ONNX",
         "```",
         "",
@@ -363,29 +323,15 @@ def _run_options(path):
     return options
 
 
-def _noise_sentence(facts):
-    if not facts["noise_output"]:
+def _noise_sentence(outputs):
+    if not outputs.noise_output:
         return "Every output is a speaker."
-    if facts["noise_index"] is not None:
-        return (f"Outputs 0-{facts['num_speakers'] - 1} are speakers; output "
-                f"{facts['noise_index']} (the last) is the noise (`noise_assignment: fixed`).")
-    return (f"{facts['num_speakers']} outputs are speakers and one is the noise, in an order "
-            "that may change from mixture to mixture (`noise_assignment: pit`): nass picks the "
-            "noise as the output least like speech (`nass.inference.pick_noise`).")
-
-
-def _output_names(facts):
-    speakers = [f"speaker {k}" for k in range(1, facts["num_speakers"] + 1)]
-    if not facts["noise_output"]:
-        return speakers
-    if facts["noise_index"] is not None:
-        return speakers + ["noise"]
-    return [f"{facts['num_speakers']} speakers and the noise, in any order"]
-
-
-def _file_names(facts):
-    return [f"spk{k}" for k in range(1, facts["num_speakers"] + 1)] + \
-        (["noise"] if facts["noise_output"] else [])
+    if outputs.fixed_noise:
+        return (f"Outputs 0-{outputs.num_spks - 1} are speakers; output {outputs.noise_index} "
+                "(the last) is the noise (`noise_assignment: fixed`).")
+    return (f"{outputs.num_spks} outputs are speakers and one is the noise, in an order that may "
+            "change from mixture to mixture (`noise_assignment: pit`): nass picks the noise as "
+            "the output least like speech (`nass.inference.pick_noise`).")
 
 
 def _format_overrides(overrides):
@@ -422,11 +368,3 @@ def _tags(node):
     elif isinstance(node, list):
         for value in node:
             yield from _tags(value)
-
-
-def _check_writable(out_dir, names, overwrite):
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"--out-dir {out_dir} is a file, not a folder")
-    existing = [n for n in names if (out_dir / n).exists()]
-    if existing and not overwrite:
-        raise ExportError(f"{out_dir} already holds {', '.join(existing)} (use --overwrite to replace)")

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 import torchaudio
 
-WEIGHTS_FILE = Path(__file__).parent / "assets" / "noise_id.json"
+WEIGHTS_FILE = Path(__file__).resolve().parents[1] / "assets" / "noise_id.json"
 # Features are measured at 8 kHz (the models' rate); other rates are resampled.
 RATE = 8000
 # speech_likeness frames: 64 ms resolve the harmonics of low voices (16 Hz bins).

@@ -1,25 +1,15 @@
-"""The separator as one ONNX graph, checked against PyTorch with ONNX Runtime, and run by it.
+"""The separator as one ONNX graph, checked against PyTorch with ONNX Runtime.
 
 :func:`export_onnx` writes encoder, mask network and decoder as one graph
-``mix [batch, time] -> sources [batch, time, outputs]`` with both axes
-dynamic: every length the PyTorch model takes (at least one encoder kernel)
-gives the PyTorch model's outputs, so ``nass separate --onnx`` uses the same
-windows as ``nass separate``. What the graph is (sample rate, speakers, noise
-output, which output is the noise) travels in the file's metadata.
-
-Why the graph holds :class:`ExportGroupNorm` instead of ``nn.GroupNorm``:
-SpeechBrain's mask network normalises with ``GroupNorm(1, N)`` over all
-channels and frames of an utterance (``norm: ln``). Exported as is, it becomes
-ONNX ``InstanceNormalization``, and ONNX Runtime's CPU kernel for it loses
-float32 precision over that one long reduction (``N x frames`` values): on
-the release-size model's normalisation alone, 77 dB signal-to-difference
-against PyTorch for 2 s (1.1e-3 absolute on outputs of about 1) and 57 dB for
-a 30 s window, the error growing with the length, whatever ONNX Runtime's
-graph optimisation level; the whole exported separator was then 73-87 dB
-(PyTorch's float32 is 124 dB from its own float64). Taking the mean over
-frames first, then over channels (two short sums), and the variance from the
-centred values, computes the same function and keeps ONNX Runtime within
-114 dB of PyTorch on the 30 s normalisation (106 dB for the whole separator).
+``mix [batch, time] -> sources [batch, time, outputs]``, batch and time
+dynamic, with the model's :class:`nass.model.Outputs`, rate and kernel in the
+file's metadata (run by :mod:`nass.inference.onnx_runtime`). The graph holds
+:class:`ExportGroupNorm` instead of ``nn.GroupNorm``: exported as is,
+SpeechBrain's ``GroupNorm(1, N)`` becomes ONNX ``InstanceNormalization``,
+whose ONNX Runtime CPU kernel loses float32 precision over its one long
+reduction (channels x frames), more the longer the input; two short
+reductions compute the same function and keep ONNX Runtime within about
+100 dB of PyTorch (figures in ``benchmarks/README.md``).
 
 Example
 -------
@@ -34,7 +24,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -42,14 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from nass.export import check_writable
+from nass.files import atomic_path
+from nass.inference.onnx_runtime import METADATA_KEY, OnnxSeparator
+
 logger = logging.getLogger(__name__)
 
+ONNX_FILE = "separator.onnx"
 # Opset of the exported graph: 18 runs on ONNX Runtime 1.14 and newer.
 OPSET = 18
 # ONNX Runtime's outputs must be this close to PyTorch's on every output.
 MIN_SDR_DB = 50.0
-# Key of the model's facts in the ONNX file's metadata.
-METADATA_KEY = "nass"
 # The exporter's own chatter (optimiser passes, torchvision's missing ops).
 EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
@@ -117,9 +109,9 @@ def signal_to_difference_db(reference, estimate):
         return 10 * np.log10(signal / noise)
 
 
-def export_onnx(model, path, sample_rate, noise_assignment="pit", window_seconds=2.0,
+def export_onnx(model, path, sample_rate, window_seconds=2.0,
                 check_seconds=None, seed=0):
-    """Writes ``model`` (a :class:`nass.separator.NoiseAwareSeparator`) to ``path`` and checks it.
+    """Writes ``model`` (a :class:`nass.model.separator.NoiseAwareSeparator`) to ``path`` and checks it.
 
     The graph is traced with a ``window_seconds`` input, its batch and time
     axes dynamic; ONNX Runtime then separates random mixtures of
@@ -129,12 +121,10 @@ def export_onnx(model, path, sample_rate, noise_assignment="pit", window_seconds
 
     Arguments
     ---------
-    model : nass.separator.NoiseAwareSeparator
+    model : nass.model.separator.NoiseAwareSeparator
     path : str or Path
         The ``.onnx`` file to write (weights inside it).
     sample_rate : int
-    noise_assignment : str
-        ``"fixed"`` or ``"pit"``, as the model was trained (kept in the metadata).
     window_seconds : float
         Length of the input the graph is traced with.
     check_seconds : list of float, optional
@@ -167,27 +157,28 @@ def export_onnx(model, path, sample_rate, noise_assignment="pit", window_seconds
             output_names=["sources"], dynamic_shapes={"mix": {0: batch, 1: time}},
             external_data=False, verbose=False,
         )
-    facts = {
-        "sample_rate": int(sample_rate),
-        "num_spks": int(model.num_spks),
-        "noise_output": bool(model.noise_output),
-        "noise_assignment": noise_assignment,
-        "kernel_size": int(model.kernel_size),
-        "traced_samples": window,
-    }
+    facts = {**model.outputs.to_dict(), "sample_rate": int(sample_rate),
+             "kernel_size": int(model.kernel_size), "traced_samples": window}
     program.model.metadata_props[METADATA_KEY] = json.dumps(facts)
     lengths = [round(s * sample_rate) for s in check_seconds] if check_seconds else \
         [window, window // 2 + 3, 3 * window // 2 + 5]
     # Saved under a hidden name until checked: a graph that fails the check
     # is not left where a user would take it for a good one.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(path) as partial:
         program.save(str(partial), external_data=False)
         results = check_onnx(model, partial, lengths, seed=seed + 1)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return {"path": path, "lengths": lengths, "min_sdr_db": results}
+
+
+def export_onnx_file(trained, out_dir, window_seconds=2.0, overwrite=False):
+    """Writes ``<out_dir>/separator.onnx`` for a :class:`nass.model.loading.TrainedModel`.
+
+    Returns :func:`export_onnx`'s report.
+    """
+    out_dir = Path(out_dir)
+    check_writable(out_dir, [ONNX_FILE], overwrite)
+    return export_onnx(trained.model, out_dir / ONNX_FILE, trained.sample_rate,
+                       window_seconds=window_seconds)
 
 
 def check_onnx(model, path, lengths, seed=0):
@@ -214,71 +205,6 @@ def check_onnx(model, path, lengths, seed=0):
             raise RuntimeError(f"{path}: ONNX Runtime's outputs differ from PyTorch's "
                                f"({sdr:.1f} dB < {MIN_SDR_DB:g} dB at {length} samples)")
     return worst
-
-
-class OnnxSeparator(nn.Module):
-    """An exported separator run by ONNX Runtime, usable where a PyTorch separator is.
-
-    A module ``[B, T] -> [B, T, S]`` with ``num_spks``, ``noise_output`` and
-    ``kernel_size`` read off the file's metadata, so that
-    :class:`nass.inference.Separator` windows and labels its outputs exactly
-    as a PyTorch model's. It runs on the CPU (ONNX Runtime's CPU provider).
-
-    Arguments
-    ---------
-    path : str or Path
-        A file written by :func:`export_onnx`.
-    threads : int, optional
-        ONNX Runtime's intra-op threads (default: torch's thread count).
-    """
-
-    def __init__(self, path, threads=None):
-        super().__init__()
-        try:
-            import onnxruntime
-        except ImportError as err:
-            raise ImportError(
-                f"running an ONNX model needs onnxruntime (pip install onnxruntime): {err}"
-            ) from None
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX model {path}")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        # ORT's arena keeps its largest allocations: 3.7 GiB peak instead of 2.2 GiB for
-        # a 30 s release-size window, at about the same speed (measured 2026-11-27).
-        options.enable_cpu_mem_arena = False
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # ORT raises its own classes for unreadable graphs
-            raise ValueError(f"{path} cannot be loaded by ONNX Runtime ({err})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise ValueError(f"{path} was not written by nass export --format onnx "
-                             f"(no '{METADATA_KEY}' metadata)")
-        self.facts = json.loads(meta[METADATA_KEY])
-        self.num_spks = self.facts["num_spks"]
-        self.noise_output = self.facts["noise_output"]
-        self.kernel_size = self.facts["kernel_size"]
-        self.sample_rate = self.facts["sample_rate"]
-        self.noise_assignment = self.facts["noise_assignment"]
-
-    @property
-    def num_outputs(self):
-        """C + 1 with the noise output, C without."""
-        return self.num_spks + int(self.noise_output)
-
-    def run(self, mix):
-        """``mix`` float32 array ``[B, T]`` -> ``[B, T, S]`` array."""
-        return self.session.run(["sources"], {"mix": np.ascontiguousarray(mix, dtype=np.float32)})[0]
-
-    def forward(self, mix):
-        """``mix`` ``[B, T]`` CPU tensor -> ``[B, T, S]`` tensor."""
-        if mix.device.type != "cpu":
-            raise ValueError("an ONNX model runs on the CPU; use --device cpu")
-        return torch.from_numpy(self.run(mix.detach().float().numpy()))
 
 
 @contextlib.contextmanager

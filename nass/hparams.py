@@ -1,4 +1,4 @@
-"""Checking command-line overrides against an hparams file before anything is built.
+"""Reading hparams files: overrides checked before anything is built, the model's settings loaded.
 
 HyperPyYAML applies ``--key value`` overrides to whatever the file holds;
 a misspelt key, a value of the wrong kind, or a key that the task at hand
@@ -22,19 +22,24 @@ Example
 >>> check_overrides({"num_spk": 3}, text, "h.yaml")
 Traceback (most recent call last):
 ...
-nass.overrides.OverrideError: --num_spk: h.yaml has no such setting; did you mean --num_spks?
+nass.hparams.OverrideError: --num_spk: h.yaml has no such setting; did you mean --num_spks?
 >>> check_overrides({"lr": "fast"}, text, "h.yaml")
 Traceback (most recent call last):
 ...
-nass.overrides.OverrideError: --lr expects a number (h.yaml has 0.001), got 'fast'
+nass.hparams.OverrideError: --lr expects a number (h.yaml has 0.001), got 'fast'
 >>> sorted(model_settings(text, ["model"]))
 ['model', 'num_spks']
 """
 
 import difflib
 import re
+from pathlib import Path
 
+import torch
 import yaml
+from hyperpyyaml import load_hyperpyyaml
+
+from nass.logs import quiet_torchvision_note
 
 # What ``nass separate`` reads from an hparams file: the model, the rate it
 # was trained at, and what its outputs are (how its noise output was trained).
@@ -161,3 +166,41 @@ def _kind(value):
     if isinstance(value, (int, float)):
         return "a number"
     return None
+
+
+def read_text(hparams_file):
+    """The text of an hparams file; FileNotFoundError or ValueError naming it otherwise."""
+    hparams_file = Path(hparams_file)
+    if not hparams_file.is_file():
+        raise FileNotFoundError(f"no hparams file {hparams_file}")
+    try:
+        return hparams_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{hparams_file} is not a YAML hparams file (not text)") from None
+
+
+def load_model_hparams(hparams_file, overrides=None):
+    """The hparams of a recipe's yaml file, for building its model: no data folder, nothing written.
+
+    The data folder is set to the file's own folder (nothing is read from
+    it) and the checkpointer is left out (it would create the output
+    folder). Overrides (a dict, or YAML text) must name settings of the
+    model (:func:`check_overrides` with ``purpose="inference"``).
+    """
+    text = read_text(hparams_file)
+    if isinstance(overrides, str):
+        overrides = yaml.safe_load(overrides) or {}
+    check_overrides(overrides or {}, text, str(hparams_file), purpose="inference")
+    settings = plain_settings(text, str(hparams_file))
+    if "separator" not in settings:
+        raise ValueError(f"{hparams_file} builds no `separator`: not a NASS recipe hparams file")
+    merged = {}
+    if "data_folder" in settings:
+        merged["data_folder"] = str(Path(hparams_file).parent.resolve())
+    if "checkpointer" in settings:
+        merged["checkpointer"] = None
+    merged.update(overrides or {})
+    quiet_torchvision_note()
+    # The recipe files seed torch's global generator; keep the caller's stream.
+    with torch.random.fork_rng(devices=[]):
+        return load_hyperpyyaml(text, merged)

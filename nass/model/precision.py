@@ -1,40 +1,22 @@
-"""Separating in bf16 or fp16: the mask network's weights in half precision, the rest in fp32.
+"""Which precision runs where, and the mask network in bf16 or fp16 for separation.
 
-:func:`set_precision` converts a loaded :class:`nass.separator.NoiseAwareSeparator`
-in place for inference. Its weights are cast once (not per operation, as
-``torch.autocast`` does, whose casts cost more than they save on a CPU):
-
-* the mask network's dual-path blocks (the transformers or RNNs: almost all
-  of the work) run in bf16 or fp16;
-* kept in fp32, with their inputs cast up and their outputs back: every
-  normalisation layer (their statistics are sums over hundreds of values),
-  and the mask head after the dual-path blocks (the 1x1 conv to C(+1)
-  masks, overlap-add, gated output convs, end conv), so that the masks
-  themselves are not rounded to 8 bits of mantissa;
-* the encoder and decoder (tiny, and the waveforms' precision matters) stay fp32.
-
-Inputs and outputs stay fp32 tensors; state-dict names are unchanged.
-Which is faster depends on the hardware (figures in benchmarks/README.md):
-
-* bf16 needs AMX (or a GPU) to beat fp32: on a CPU with AVX512-BF16 but no
-  AMX, oneDNN's bf16 matrix products are slower than MKL's fp32 ones, and
-  bf16 saves only memory there.
-* fp16 runs on CUDA, and on CPUs whose oneDNN has native fp16 matrix
-  products (AVX512-FP16 or AMX-FP16, :func:`cpu_has_fp16_matmul`); other
-  CPUs would emulate it, slowly, and are refused. fp16 keeps 3 more bits of
-  mantissa than bf16 but a far smaller range: an input on which the mask
-  network overflows gives non-finite outputs, which :func:`check_finite`
-  turns into an error that says to use bf16 or fp32.
+:func:`precision_dtype` is the one rule for which precision a device may run,
+for separation and for the recipes' training alike. :func:`set_precision`
+casts a loaded :class:`nass.model.NoiseAwareSeparator`'s weights once (not per
+operation, as ``torch.autocast`` does, whose casts cost more than they save on
+a CPU): the mask network's dual-path blocks (almost all of the work) run in
+half precision; every normalisation, the mask head after the blocks, the
+encoder and decoder stay fp32, so sums over hundreds of values and the masks
+themselves are not rounded to 8 bits of mantissa. fp16 has the smaller range:
+an input on which it overflows is an error (:func:`check_finite`), not silent
+NaNs. Which is faster on which hardware: ``benchmarks/README.md``.
 
 Example
 -------
->>> from pathlib import Path
 >>> import torch
->>> import nass
->>> from nass.inference import load_model
+>>> from nass.model.loading import load_model, recipe_hparams
 >>> from nass.metrics import si_snr
->>> hparams = (Path(nass.__file__).parents[1] / "recipes" / "LibriMix" / "separation"
-...            / "hparams" / "sepformer-libri2mix.yaml")
+>>> hparams = recipe_hparams()
 >>> tiny = {"N_encoder_out": 16, "out_channels": 16, "intra_layers": 1, "inter_layers": 1,
 ...         "nhead": 2, "d_ffn": 32, "chunk_size": 20}
 >>> model = load_model(hparams, tiny)
@@ -58,26 +40,39 @@ NORMS = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm1d, GlobalLayerNorm)
 MASK_HEAD = ("conv2d", "output", "output_gate", "end_conv1x1")
 
 
-def precision_dtype(precision, device=None):
-    """The dtype of ``precision`` (fp32, bf16, fp16), usable on ``device`` if given; else ValueError.
+class PrecisionError(ValueError):
+    """A precision that is unknown, or that the device cannot run."""
 
-    fp16 needs CUDA, or a CPU with native fp16 matrix products (:func:`cpu_has_fp16_matmul`).
+
+def precision_dtype(precision, device=None, training=False):
+    """The dtype of ``precision`` (fp32, bf16, fp16), usable on ``device`` if given; else :class:`PrecisionError`.
+
+    fp16 needs CUDA, or for separation a CPU with native fp16 matrix products
+    (:func:`cpu_has_fp16_matmul`); training in fp16 needs CUDA (its gradient
+    scaler is CUDA's).
 
     >>> precision_dtype("bf16")
     torch.bfloat16
     >>> precision_dtype("fp16", "cuda")
     torch.float16
+    >>> precision_dtype("fp16", "cpu", training=True)
+    Traceback (most recent call last):
+    ...
+    nass.model.precision.PrecisionError: precision fp16 needs a CUDA device for training (device is cpu); use bf16 or fp32
     >>> precision_dtype("fp8")
     Traceback (most recent call last):
     ...
-    ValueError: precision must be one of fp32, bf16, fp16, got 'fp8'
+    nass.model.precision.PrecisionError: precision must be one of fp32, bf16, fp16, got 'fp8'
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device is not None:
         kind = torch.device(device).type
+        if training and kind != "cuda":
+            raise PrecisionError(f"precision fp16 needs a CUDA device for training (device is "
+                                 f"{device}); use bf16 or fp32")
         if kind not in ("cuda", "cpu") or (kind == "cpu" and not cpu_has_fp16_matmul()):
-            raise ValueError(
+            raise PrecisionError(
                 f"precision fp16 needs a CUDA device or a CPU with native fp16 matrix products "
                 f"(AVX512-FP16 or AMX-FP16), and device {device} has none; use bf16 or fp32"
             )
@@ -112,7 +107,7 @@ def set_precision(model, precision):
 
     Arguments
     ---------
-    model : nass.separator.NoiseAwareSeparator
+    model : nass.model.separator.NoiseAwareSeparator
         In fp32, on the device it will run on (fp16: see :func:`precision_dtype`).
     precision : str
         ``fp32`` (nothing changes), ``bf16`` or ``fp16``.

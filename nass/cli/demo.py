@@ -6,7 +6,7 @@
    -38..-30 dBFS, the minimum length of the pair) into a small noisy
    Libri2Mix (``wav8k/min/{train-100,dev,test}/{mix_both,mix_clean,s1,s2,noise}``).
 2. **Training.** Trains a small noise-aware Sepformer with PCL with the
-   LibriMix recipe itself (:func:`nass.recipe.run` on its
+   LibriMix recipe itself (:func:`nass.training.recipe.run` on its
    ``sepformer-libri2mix.yaml``, with small-model overrides). Unless ``epochs`` is given, one epoch is timed
    and training resumes for as many epochs as fit ``minutes``.
 3. **Evaluation.** The recipe's ``test_results.csv``, summarised as a table
@@ -14,12 +14,12 @@
    by definition, so its SI-SNR and SDR are given too).
 4. **Use.** Separates one test mixture into speakers and noise with
    :class:`nass.inference.Separator` and draws its spectrograms with
-   :func:`nass.plot.plot_spectrograms`.
+   :func:`nass.cli.plot.plot_spectrograms`.
 
-The hparams file ships inside the package (``nass/hparams``), so the demo
-runs from any install, not only from a clone; it is a copy of
-``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``, and the
-tests check that the two are identical, so the demo trains exactly as users do.
+The recipe's hparams file ships inside the package (``nass/assets`` links to
+``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``, and a
+wheel holds the file itself), so the demo runs from any install and trains
+exactly as users do.
 
 The demo writes only into an ``out_dir`` that is new, empty, or made by an
 earlier demo (it leaves a ``.nass-demo`` file there); a rerun replaces the
@@ -41,12 +41,14 @@ import numpy as np
 import soundfile as sf
 
 from nass.audio import output_paths, save_sources
+from nass.cli import EXIT_FAILED, EXIT_OK, report
+from nass.cli.plot import plot_spectrograms
 from nass.inference import Separator
-from nass.plot import plot_spectrograms
-from nass.recipe import run
+from nass.model.loading import recipe_hparams
+from nass.training.recipe import run
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-RECIPE_HPARAMS = Path(__file__).resolve().parent / "hparams" / "sepformer-libri2mix.yaml"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+RECIPE_HPARAMS = recipe_hparams()
 # Marks an out_dir as the demo's own, so that a rerun may replace what is in it.
 MARKER = ".nass-demo"
 SAMPLE_RATE = 8000
@@ -74,6 +76,18 @@ PCL = {"pcl_proj_dim": 32, "pcl_num_patches": 64}
 QUICK_PCL = {"pcl_proj_dim": 16, "pcl_num_patches": 16}
 # A higher learning rate than the release's 1.5e-4: there are minutes, not days.
 TRAINING = {"lr": 0.001, "save_audio": False}
+
+
+def demo_command(args):
+    """``nass demo``: the whole pipeline on shipped data (see :mod:`nass.cli.demo`)."""
+    try:
+        run_demo(args.out_dir, minutes=args.minutes, seed=args.seed, epochs=args.epochs,
+                 quick=args.quick)
+    except DemoError as err:
+        report(str(err), command="demo")
+        return EXIT_FAILED
+    return EXIT_OK
+
 
 
 class DemoError(RuntimeError):
@@ -175,7 +189,7 @@ def claim_out_dir(out_dir):
     ...     claim_out_dir(tmp)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    nass.demo.DemoError: ... holds files that nass demo did not make ...
+    nass.cli.demo.DemoError: ... holds files that nass demo did not make ...
     """
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():

@@ -1,7 +1,7 @@
 """The SpeechBrain ``Brain`` shared by every NASS recipe (LibriMix, WHAM!, custom).
 
 The recipes' ``train.py`` only load the hparams, prepare the data and call
-:func:`nass.recipe.run`; everything a training step does lives here:
+:func:`nass.training.recipe.run`; everything a training step does lives here:
 
 * TRAIN: speed perturbation of the speakers, mixture re-summed with the noise,
   random crop; separation with C(+1) outputs; per-utterance SI-SNR PIT loss
@@ -15,7 +15,7 @@ The recipes' ``train.py`` only load the hparams, prepare the data and call
   the key checkpoints are kept by.
 * :meth:`SeparationBrain.write_test_results`: ``test_results.csv`` with
   SI-SNR, SI-SNRi, SDR, SDRi per utterance and an ``avg`` row, from the
-  checkpoint the recipe chose (:func:`nass.checkpoints.checkpoint_to_evaluate`).
+  checkpoint the recipe chose (:func:`nass.model.checkpoints.checkpoint_to_evaluate`).
 
 Under DDP every trainable module (the separator and the patch sampler) is
 called through its DDP wrapper while training, so its gradients are
@@ -35,10 +35,10 @@ from speechbrain.utils.distributed import if_main_process
 from tqdm import tqdm
 
 from nass.audio import write_wav
-from nass.augment import random_crop, remix_with_speed_perturb
+from nass.training.augment import random_crop, remix_with_speed_perturb
 from nass.metrics import mean_of_defined, utterance_scores
-from nass.pcl import PATCH_WINDOW
-from nass.pit import align
+from nass.losses.pcl import PATCH_WINDOW
+from nass.losses.pit import align
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ SI_SNR_LOG_KEY = "si-snr (dB)"
 
 
 class SeparationBrain(sb.Brain):
-    """Trains and evaluates a :class:`nass.separator.NoiseAwareSeparator`.
+    """Trains and evaluates a :class:`nass.model.separator.NoiseAwareSeparator`.
 
     Expects in ``modules``: ``separator`` and, with PCL on, ``patchsamplenet``.
-    Expects in ``hparams``: ``objective`` (:class:`nass.objective.NASSObjective`),
-    ``outputs`` (:class:`nass.outputs.Outputs`), ``use_speedperturb``, ``speed_perturb_speeds``, ``limit_training_signal_len``,
+    Expects in ``hparams``: ``objective`` (:class:`nass.losses.objective.NASSObjective`),
+    ``outputs`` (:class:`nass.model.outputs.Outputs`), ``use_speedperturb``, ``speed_perturb_speeds``, ``limit_training_signal_len``,
     ``training_signal_len``, ``threshold``, ``threshold_byloss``,
     ``loss_upper_lim``, ``lr_scheduler``, ``train_logger``, ``save_audio``,
     ``n_audio_to_save``, ``output_folder``, ``sample_rate``, ``pcl_grad_every``.
@@ -65,7 +65,7 @@ class SeparationBrain(sb.Brain):
 
     @property
     def outputs(self):
-        """The model's outputs (:class:`nass.outputs.Outputs`)."""
+        """The model's outputs (:class:`nass.model.outputs.Outputs`)."""
         return self.hparams.outputs
 
     # -- batches -------------------------------------------------------------

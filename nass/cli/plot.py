@@ -1,4 +1,4 @@
-"""Spectrograms of a mixture and its separated outputs, stacked in one PNG.
+"""``nass plot``: spectrograms of a mixture and its separated outputs, stacked in one PNG.
 
 Like Fig. 3 of the NASS paper: one panel per signal, the mixture on top, on a
 common time axis and one colour scale (dB relative to the loudest bin of all
@@ -31,13 +31,40 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import spectrogram
 
-# find_outputs is imported from here by callers that plot what nass separate wrote.
-from nass.audio import find_outputs, read_audio  # noqa: F401
+from nass.audio import find_outputs, read_audio
+from nass.cli import EXIT_FAILED, EXIT_OK, report
 
 # 32 ms frames with 75 % overlap: the usual resolution for looking at speech.
 FRAME_SECONDS = 0.032
 # Colours span this many dB below the loudest bin; quieter bins are all dark.
 DYNAMIC_RANGE_DB = 80.0
+
+
+def plot_command(args):
+    """``nass plot``: one PNG of the mixture's and its outputs' spectrograms."""
+    mixture = Path(args.mixture)
+    if not mixture.is_file():
+        report(f"no such mixture file: {mixture}", command="plot")
+        return EXIT_FAILED
+    outputs = args.outputs or find_outputs(mixture, args.prefix)
+    if not outputs:
+        prefix = args.prefix or mixture.with_suffix("")
+        report(f"no separated outputs found ({prefix}_spk*.wav, {prefix}_noise.wav); "
+               f"give them as arguments or point --prefix at them", command="plot")
+        return EXIT_FAILED
+    missing = [str(p) for p in outputs if not Path(p).is_file()]
+    if missing:
+        report(f"no such file(s): {', '.join(missing)}", command="plot")
+        return EXIT_FAILED
+    out_png = Path(args.output) if args.output else mixture.with_name(f"{mixture.stem}_spectrograms.png")
+    try:
+        plot_spectrograms([mixture, *outputs], out_png)
+    except (OSError, RuntimeError, ValueError) as err:
+        report(str(err), command="plot")
+        return EXIT_FAILED
+    print(f"nass plot: wrote {out_png}")
+    return EXIT_OK
+
 
 
 def plot_spectrograms(paths, out_png, titles=None):

@@ -5,12 +5,12 @@
 2. Check the data folder and write the csvs (main process only), using the
    ``dataset_layout`` the hparams file builds (LibriMix, WHAM!, custom, ...).
 3. Build the datasets (or the dynamic-mixing training set).
-4. Train with :class:`nass.brain.SeparationBrain` (resuming from the newest
+4. Train with :class:`nass.training.brain.SeparationBrain` (resuming from the newest
    checkpoint), unless ``test_only``; a run from scratch starts from the
-   reference's initialisation (:mod:`nass.initialisation`), then from
+   reference's initialisation (:mod:`nass.training.initialisation`), then from
    ``pretrained_separator`` when it names a folder
-   (:func:`nass.pretrained.init_from_pretrained`).
-5. Evaluate the checkpoint :func:`nass.checkpoints.checkpoint_to_evaluate`
+   (:func:`nass.training.pretrained.init_from_pretrained`).
+5. Evaluate the checkpoint :func:`nass.model.checkpoints.checkpoint_to_evaluate`
    picks (the one ``nass separate`` uses) and write ``test_results.csv``.
 
 Every check that can refuse a run (overrides, the checkpoint to resume or
@@ -38,8 +38,8 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.run_opts import RunOptions
 
-from nass.brain import SeparationBrain
-from nass.checkpoints import (
+from nass.training.brain import SeparationBrain
+from nass.model.checkpoints import (
     CheckpointMismatchError,
     NoCheckpointError,
     check_fit,
@@ -48,10 +48,12 @@ from nass.checkpoints import (
     set_aside_incomplete,
 )
 from nass.data.prepare import DataFolderError, check_data_folder, prepare_layout
-from nass.initialisation import initialise_like_reference
+from nass.training.initialisation import initialise_like_reference
 from nass.logs import quiet_torchvision_note
-from nass.overrides import OverrideError, check_overrides, plain_settings
-from nass.pretrained import init_from_pretrained, layout_error, missing_files
+from nass.hparams import OverrideError, check_overrides, plain_settings
+from nass.model.loading import layout_error, missing_files
+from nass.model.precision import PrecisionError, precision_dtype
+from nass.training.pretrained import init_from_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +111,10 @@ def run_option(name, run_opts, hparams):
     return hparams.get(name, run_opts[name])
 
 
-def load_hparams(argv):
+def parse_arguments(argv):
     """``(hparams_file, run_opts, overrides, hparams)`` from command-line arguments.
 
-    Overrides are checked against the file first (:func:`nass.overrides.check_overrides`),
+    Overrides are checked against the file first (:func:`nass.hparams.check_overrides`),
     and a ``!PLACEHOLDER`` left unset is named with the file's comment on it.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(normalise_flags(list(argv)))
@@ -202,7 +204,7 @@ def run(argv):
 
     Raises :class:`Interrupted` on Ctrl-C, saying which checkpoint was kept.
     """
-    hparams_file, run_opts, overrides, hparams = load_hparams(argv)
+    hparams_file, run_opts, overrides, hparams = parse_arguments(argv)
     try:
         return _run(hparams_file, run_opts, overrides, hparams)
     except KeyboardInterrupt:
@@ -385,11 +387,10 @@ def _check_options(hparams, run_opts):
     device = run_option("device", run_opts, hparams) or (
         "cuda:0" if torch.cuda.is_available() else "cpu"
     )
-    if precision == "fp16" and not str(device).startswith("cuda"):
-        raise RecipeError(
-            f"precision fp16 needs a CUDA device (device is {device}); on a CPU use "
-            f"--precision bf16 or fp32"
-        )
+    try:
+        precision_dtype(precision, device, training=True)
+    except PrecisionError as err:
+        raise RecipeError(f"--precision {precision}: {err}") from None
 
 
 def main():

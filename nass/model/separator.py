@@ -6,8 +6,9 @@ The three parts are SpeechBrain's own modules (``dual_path.Encoder``,
 release checkpoints (``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt``).
 The noise output is just one more mask: ``Dual_Path_Model(num_spks=C + 1)``.
 SpeechBrain's attention modules in the mask network are computed by PyTorch's
-fused kernel (:mod:`nass.attention`): same parameters and names, same outputs
+fused kernel (:mod:`nass.model.attention`): same parameters and names, same outputs
 to float rounding, faster; ``fused_attention=False`` keeps them as shipped.
+What the outputs are is the model's :class:`nass.model.outputs.Outputs`.
 
 Example
 -------
@@ -18,7 +19,7 @@ Example
 >>> inter = SBRNNBlock(input_size=16, hidden_channels=8, num_layers=1, bidirectional=True)
 >>> mask = Dual_Path_Model(16, 16, intra, inter, num_layers=1, K=20, num_spks=3)
 >>> dec = Decoder(in_channels=16, out_channels=1, kernel_size=16, stride=8, bias=False)
->>> model = NoiseAwareSeparator(enc, mask, dec, num_spks=2, noise_output=True)
+>>> model = NoiseAwareSeparator(enc, mask, dec, Outputs(num_spks=2, noise_output=True))
 >>> model(torch.randn(2, 800)).shape
 torch.Size([2, 800, 3])
 """
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nass.attention import use_fused_attention
+from nass.model.attention import use_fused_attention
+from nass.model.outputs import Outputs
 
 
 class NoiseAwareSeparator(nn.Module):
@@ -37,38 +39,49 @@ class NoiseAwareSeparator(nn.Module):
     ---------
     encoder : speechbrain.lobes.models.dual_path.Encoder
     masknet : speechbrain.lobes.models.dual_path.Dual_Path_Model
-        Built with ``num_spks = C + 1`` when ``noise_output`` else ``C``.
+        Built with ``num_spks = outputs.num_outputs`` (C + 1 with the noise output).
     decoder : speechbrain.lobes.models.dual_path.Decoder
-    num_spks : int
-        C, the number of speakers.
-    noise_output : bool
-        Whether the model has the extra noise output (NASS) or not (baseline).
+    outputs : nass.model.outputs.Outputs
+        The speakers, whether there is a noise output (NASS) or not
+        (baseline), and how the noise output is assigned.
     fused_attention : bool
         Swap SpeechBrain's attention modules in ``masknet`` (in place) for
-        :class:`nass.attention.FusedMultiheadAttention`, which shares their
+        :class:`nass.model.attention.FusedMultiheadAttention`, which shares their
         parameters; False keeps SpeechBrain's explicit attention.
     """
 
-    def __init__(self, encoder, masknet, decoder, num_spks, noise_output=True,
-                 fused_attention=True):
+    def __init__(self, encoder, masknet, decoder, outputs, fused_attention=True):
         super().__init__()
+        if not isinstance(outputs, Outputs):
+            raise TypeError(f"NoiseAwareSeparator: outputs must be a nass.model.outputs.Outputs, "
+                            f"got {type(outputs).__name__}")
         self.encoder = encoder
         self.masknet = use_fused_attention(masknet) if fused_attention else masknet
         self.decoder = decoder
-        self.num_spks = int(num_spks)
-        self.noise_output = bool(noise_output)
+        self.outputs = outputs
         masks = getattr(masknet, "num_spks", None)
-        if masks is not None and masks != self.num_outputs:
+        if masks is not None and masks != outputs.num_outputs:
             raise ValueError(
-                f"NoiseAwareSeparator: masknet makes {masks} masks but num_spks={num_spks} "
-                f"with noise_output={noise_output} needs {self.num_outputs}; build the "
-                f"Dual_Path_Model with num_spks={self.num_outputs}"
+                f"NoiseAwareSeparator: masknet makes {masks} masks but num_spks="
+                f"{outputs.num_spks} with noise_output={outputs.noise_output} needs "
+                f"{outputs.num_outputs}; build the Dual_Path_Model with num_spks="
+                f"{outputs.num_outputs}"
             )
+
+    @property
+    def num_spks(self):
+        """C, the number of speakers."""
+        return self.outputs.num_spks
+
+    @property
+    def noise_output(self):
+        """Whether one output is the noise."""
+        return self.outputs.noise_output
 
     @property
     def num_outputs(self):
         """C + 1 with the noise output, C without."""
-        return self.num_spks + int(self.noise_output)
+        return self.outputs.num_outputs
 
     @property
     def kernel_size(self):

@@ -1,0 +1,83 @@
+"""Process plumbing for separation: a computation in a throw-away child, the memory available, malloc.
+
+Example
+-------
+>>> in_a_child(sum, [1, 2, 3])
+6
+"""
+
+import ctypes
+import ctypes.util
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+# glibc's mallopt parameter, and the size from which freed blocks go straight
+# back to the system (see give_back_large_blocks).
+M_MMAP_THRESHOLD = -3
+LARGE_BLOCK = 2**20
+
+
+def in_a_child(function, *args):
+    """``function(*args)`` computed in a forked child process, whose memory goes when it ends.
+
+    The child gets a copy of this process (nothing is copied until it is
+    written) and sends the result back through a pipe; where there is no
+    ``fork`` (Windows), ``function`` runs here.
+
+    """
+    if not hasattr(os, "fork"):
+        return function(*args)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            try:
+                result = (True, function(*args))
+            except Exception as err:  # sent back, raised in the parent
+                result = (False, err)
+            with os.fdopen(write, "wb") as pipe:
+                pickle.dump(result, pipe)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"in_a_child: the child process computing {function.__name__} died")
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise value
+    return value
+
+
+def available_memory(device):
+    """Bytes free for the process on ``device``: CUDA's free memory, or the system's available."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def give_back_large_blocks():
+    """Has glibc's malloc map blocks of :data:`LARGE_BLOCK` or more on their own; True if it could.
+
+    Set by whoever starts the process (``nass separate``): glibc otherwise
+    raises its mapping threshold as large blocks are freed, keeps the
+    window's tensors on heaps that grow, and memory outgrows what
+    :mod:`nass.inference.memory` estimates (1.6x on a release-size window).
+    The price is fresh, zeroed pages for every large tensor (figures in
+    ``benchmarks/README.md``). Elsewhere than glibc nothing changes and
+    False is returned.
+    """
+    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
+    return bool(mallopt) and mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK) == 1
