@@ -41,6 +41,7 @@ def test_every_command_has_help(command, capsys):
     assert f"usage: nass {command}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_outputs_are_float_wavs_holding_the_apis_values(checkpoint, tmp_path, capsys):
     mixture = voice(1.2, 16000) + voice(1.2, 16000, f0=210.0)[::-1]
     stereo = np.stack([mixture, 0.5 * mixture], axis=1)
@@ -60,6 +61,7 @@ def test_outputs_are_float_wavs_holding_the_apis_values(checkpoint, tmp_path, ca
         assert np.array_equal(sf.read(path, dtype="float32")[0], signal.numpy())
 
 
+@pytest.mark.slow
 def test_outputs_go_beside_the_input_and_normalize_scales_them(checkpoint, tmp_path):
     sf.write(tmp_path / "a.flac", voice(0.6, 8000) + voice(0.6, 8000, f0=230.0), 8000)
     assert separate(checkpoint, tmp_path / "a.flac", "--normalize", "--chunk-seconds", "0.25") == 0
@@ -69,6 +71,7 @@ def test_outputs_go_beside_the_input_and_normalize_scales_them(checkpoint, tmp_p
         assert math.isclose(np.abs(data).max(), 0.9, rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_each_bad_input_gets_one_line_and_the_others_are_separated(checkpoint, tmp_path, capsys):
     sf.write(tmp_path / "good1.wav", voice(0.5, 8000), 8000)
     sf.write(tmp_path / "good2.wav", voice(0.5, 22050), 22050)
@@ -92,6 +95,7 @@ def test_each_bad_input_gets_one_line_and_the_others_are_separated(checkpoint, t
     assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
 
 
+@pytest.mark.slow
 def test_existing_outputs_are_kept_without_overwrite(checkpoint, tmp_path, capsys):
     sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
     (tmp_path / "talk_spk2.wav").write_bytes(b"precious")
@@ -138,6 +142,7 @@ def test_an_override_without_value_is_a_usage_error(checkpoint, tmp_path, capsys
 # --------------------------------------------------------------------------- plot
 
 
+@pytest.mark.slow
 def test_plot_finds_the_outputs_and_writes_one_png(tmp_path, capsys):
     sf.write(tmp_path / "talk.wav", voice(1.0, 8000) + voice(1.0, 8000, f0=220.0), 8000)
     for k, f0 in ((1, 140.0), (2, 220.0)):
@@ -180,6 +185,7 @@ def test_plot_usage_shows_the_outputs_are_optional(capsys):
 # --------------------------------------------------------------------------- demo
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     # --quick --epochs 1: a tiny corpus and model, one epoch (about 20 s on 2 cores).
     assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--quick", "--epochs", "1"]) == 0
@@ -224,6 +230,7 @@ def test_the_demos_hparams_are_the_recipes(tmp_path):
 # --------------------------------------------------------------------------- data loss
 
 
+@pytest.mark.slow
 def test_inputs_that_would_share_outputs_are_refused_before_separating(checkpoint, tmp_path, capsys):
     for folder in ("d1", "d2"):
         (tmp_path / folder).mkdir()
@@ -255,6 +262,7 @@ def test_inputs_that_would_share_outputs_are_refused_before_separating(checkpoin
     assert all((tmp_path / d / "talk_noise.wav").is_file() for d in ("d1", "d2"))
 
 
+@pytest.mark.slow
 def test_an_unusable_out_dir_is_reported_once_before_separating(checkpoint, tmp_path, capsys):
     sf.write(tmp_path / "a.wav", voice(0.5, 8000), 8000)
     sf.write(tmp_path / "b.wav", voice(0.5, 8000, f0=200.0), 8000)

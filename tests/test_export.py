@@ -67,6 +67,7 @@ def mixture(seconds=1.0, seed=0):
 # --------------------------------------------------------------------------- nass export
 
 
+@pytest.mark.slow
 def test_speechbrain_loads_the_export_and_gives_nass_outputs(nass_export, tmp_path, monkeypatch):
     from speechbrain.inference.separation import SepformerSeparation
 
@@ -95,6 +96,7 @@ def test_speechbrain_loads_the_export_and_gives_nass_outputs(nass_export, tmp_pa
     assert "`N_epochs: 1`" in readme and "noise_assignment: fixed" in readme
 
 
+@pytest.mark.slow
 def test_separate_with_an_exported_folder_writes_speakers_and_noise(nass_export, tmp_path):
     out, folder = nass_export
     sf.write(tmp_path / "talk.wav", mixture(1.3)[0].numpy(), 16000)
@@ -178,6 +180,7 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     return folder, model
 
 
+@pytest.mark.slow
 def test_a_hub_folder_separates_into_speakers_only(tmp_path):
     folder, model = hub_folder(tmp_path / "sepformer-hub", num_spks=3)
     separator = Separator.from_pretrained(folder)
@@ -202,6 +205,7 @@ def test_not_a_pretrained_folder_is_one_line(tmp_path, capsys):
 # --------------------------------------------------------------------------- pretrained_separator
 
 
+@pytest.mark.slow
 def test_pretrained_separator_with_lr_0_gives_the_source_models_results(
         libri2mix, baseline_export, tmp_path):
     source, folder = baseline_export
@@ -274,6 +278,7 @@ needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") i
 
 
 @needs_onnxruntime
+@pytest.mark.slow
 def test_onnx_export_agrees_with_pytorch_and_separates_with_the_same_windows(tmp_path, capsys):
     from nass.export.onnx import MIN_SDR_DB, signal_to_difference_db
     from nass.inference.onnx_runtime import OnnxSeparator

@@ -162,6 +162,7 @@ def test_pairwise_si_snr_rejects_bad_shapes():
 # mir_eval takes ~0.5 s per 3-source utterance of any length here: few cases.
 @pytest.mark.parametrize("seed,n_src,seconds", [(0, 2, 0.5), (1, 2, 2.0), (2, 3, 1.0)])
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.slow
 def test_sdr_matches_mir_eval(seed, n_src, seconds):
     ests, refs, _ = realish_pair(seed, n_src, seconds)
     got = sdr(ests, refs)
@@ -169,6 +170,7 @@ def test_sdr_matches_mir_eval(seed, n_src, seconds):
     np.testing.assert_allclose(got, mir_eval_sdr(refs, ests), rtol=0, atol=0.01)
 
 
+@pytest.mark.slow
 def test_sdr_is_in_reference_order_whatever_the_estimate_order():
     ests, refs, perm = realish_pair(4, 3, 0.5)
     unshuffled = np.empty_like(ests)
@@ -283,6 +285,7 @@ def test_utterance_metrics_hand_checkable():
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.slow
 def test_utterance_metrics_matches_recipe_computation():
     """The recipe's own way: PIT of negative cal_si_snr, mir_eval SDR."""
     from speechbrain.nnet.losses import PitWrapper, cal_si_snr
@@ -315,6 +318,7 @@ def test_utterance_metrics_improvement_signs():
     assert bad["si-snr_i"] < 0 and bad["sdr_i"] < 0
 
 
+@pytest.mark.slow
 def test_utterance_metrics_permutation_invariant_and_type_agnostic():
     ests, refs, _ = realish_pair(14, 3, 0.5)
     mix = refs.sum(0)

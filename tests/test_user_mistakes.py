@@ -122,6 +122,7 @@ CASES = ["no data folder", "data folder above the corpus", "misspelt option",
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow
 def test_a_mistake_is_one_message_without_a_traceback(outcomes, case):
     expected, proc = outcomes[case]
     output = proc.stdout + proc.stderr
@@ -136,6 +137,7 @@ def test_every_case_is_tested(outcomes):
     assert sorted(outcomes) == sorted(CASES)
 
 
+@pytest.mark.slow
 def test_nass_debug_shows_the_traceback(tmp_path):
     env = {**os.environ, "NASS_DEBUG": "1"}
     proc = subprocess.run(TRAIN + [HPARAMS, "--data_folder", str(tmp_path), "--N_epoch", "1"],
@@ -143,6 +145,7 @@ def test_nass_debug_shows_the_traceback(tmp_path):
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "OverrideError" in proc.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_what_was_kept(libri2mix, tmp_path):
     out = tmp_path / "run"
     tiny = TINY_SEPFORMER[: TINY_SEPFORMER.index("--N_epochs")]

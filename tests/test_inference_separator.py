@@ -64,6 +64,7 @@ def speech_like(seconds, sample_rate, seed=0):
 # --------------------------------------------------------------------------- loading
 
 
+@pytest.mark.slow
 def test_from_hparams_loads_the_best_checkpoint_and_says_which(checkpoints, separator, caplog):
     save, best = checkpoints
     assert separator.checkpoint == best
@@ -246,6 +247,7 @@ def assert_noise_picked_in_every_order(s1, s2, noise, sample_rate=8000):
         assert order[pick_noise(outputs, sample_rate)] == 2, f"order {order}"
 
 
+@pytest.mark.slow
 def test_noise_is_picked_among_synthetic_sources(tmp_path):
     for s1, s2, noise in synthetic_sources(tmp_path, n_mixtures=6):
         assert_noise_picked_in_every_order(s1, s2, noise)
@@ -255,6 +257,7 @@ def test_noise_is_picked_among_synthetic_sources(tmp_path):
                     reason=f"the real-speech mini Libri2Mix is only on the developers' machine "
                            f"({REAL_LIBRI2MIX})")
 @pytest.mark.parametrize("split", ["test", "dev", "train-100"])
+@pytest.mark.slow
 def test_noise_is_picked_among_real_sources(split):
     mixtures = sorted((REAL_LIBRI2MIX / split / "mix_both").glob("*.wav"))
     assert mixtures
@@ -340,6 +343,7 @@ def test_each_source_stays_on_its_output_across_windows(tmp_path, fixed_last):
     assert torch.allclose(est[0], sources[:, first], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_short_inputs_give_exactly_the_unchunked_result(separator):
     mixture = speech_like(2.0, 8000)
     whole = Separator(separator.model, 8000, chunk_seconds=math.inf).separate_tensor(mixture, 8000)

@@ -31,6 +31,7 @@ TINY_DPRNN = {"N_encoder_out": 16, "out_channels": 16, "rnn_hidden": 8,
 MODELS = {"sepformer": (HPARAMS, TINY), "dprnn": (DPRNN, TINY_DPRNN)}
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures through Linux's /proc")
+@pytest.mark.slow
 def test_the_estimate_is_within_20_percent_of_the_measured_peak():
     configs = {f"{name} {precision}": (str(hparams), overrides, precision, 20 * 8000)
                for name, (hparams, overrides) in MODELS.items() for precision in ("fp32", "bf16")}
@@ -101,6 +102,7 @@ def test_too_little_memory_for_the_shortest_window_is_an_error():
         Separator(model, 8000, max_memory=0)
 
 
+@pytest.mark.slow
 def test_nass_separate_max_memory(tmp_path, capsys):
     torch.manual_seed(0)
     model = load_model(DPRNN, TINY_DPRNN)

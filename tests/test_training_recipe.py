@@ -23,6 +23,9 @@ from nass.metrics import utterance_metrics
 from nass.losses.pit import align
 from nass.training.recipe import RecipeError, parse_arguments, run
 
+# Every test here runs the recipe.
+pytestmark = pytest.mark.slow
+
 SEPFORMER = str(LIBRIMIX_RECIPE / "hparams" / "sepformer-libri2mix.yaml")
 RESUMABLE = ["encoder", "decoder", "masknet", "patchsamplenet", "counter", "lr_scheduler",
              "brain", "optimizer"]

@@ -49,6 +49,7 @@ def test_bf16_runs_the_blocks_in_bf16_and_keeps_norms_mask_head_and_codec_fp32()
         set_precision(model, "bf16")
 
 
+@pytest.mark.slow
 def test_bf16_separation_agrees_with_fp32():
     torch.manual_seed(1)
     exact = Separator(load_model(HPARAMS, FIXED), 8000)
@@ -86,6 +87,7 @@ def test_fp16_on_a_cpu_without_native_fp16_and_unknown_precisions_are_refused(
     assert not list(tmp_path.glob("talk_*.wav"))
 
 
+@pytest.mark.slow
 def test_fp16_on_a_cpu_with_native_fp16_agrees_with_fp32(monkeypatch):
     # Forced on: a CPU without native fp16 computes the same values, only slower.
     monkeypatch.setattr(nass.model.precision, "cpu_has_fp16_matmul", lambda: True)

@@ -27,6 +27,7 @@ def folders(tmp_path_factory):
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.slow
 def test_examples_are_normalised_sums_at_the_recipe_rate(folders, rate):
     mixer = DynamicMixer(*folders, num_spks=2, sample_rate=rate, length=rate, seed=0)
     meter = pyloudnorm.Meter(rate)

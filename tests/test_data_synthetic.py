@@ -88,6 +88,7 @@ def dominant_f0(x, sr):
 
 
 @pytest.mark.parametrize("num_spks", [2, 3])
+@pytest.mark.slow
 def test_librimix_layout(libri2, libri3, num_spks):
     corpus = {2: libri2, 3: libri3}[num_spks]
     splits = {2: {"train-100", "dev", "test"}, 3: {"dev"}}[num_spks]

@@ -29,6 +29,7 @@ def talk(tmp_path):
     return tmp_path / "talk.wav"
 
 
+@pytest.mark.slow
 def test_sidecar_says_which_output_is_which_as_the_api_does(checkpoint, api, talk, capsys):
     assert separate(checkpoint, talk, "--out-dir", talk.parent / "out") == 0
     report = json.loads((talk.parent / "out" / "talk_sources.json").read_text())
@@ -46,6 +47,7 @@ def test_sidecar_says_which_output_is_which_as_the_api_does(checkpoint, api, tal
 
 
 @pytest.mark.parametrize("close", [True, False])
+@pytest.mark.slow
 def test_a_close_call_is_one_line_on_stderr_naming_the_file(checkpoint, talk, capsys, monkeypatch,
                                                            close):
     monkeypatch.setattr("nass.inference.noise_id.CLOSE_MARGIN", math.inf if close else -math.inf)
@@ -58,6 +60,7 @@ def test_a_close_call_is_one_line_on_stderr_naming_the_file(checkpoint, talk, ca
     assert json.loads((talk.parent / "talk_sources.json").read_text())["close"] is close
 
 
+@pytest.mark.slow
 def test_noise_output_chooses_the_noise(checkpoint, api, talk):
     noises = []
     for k in range(3):
@@ -88,6 +91,7 @@ def test_sidecar_is_not_overwritten_without_overwrite(checkpoint, talk, capsys):
     ("3", "--noise-output: must be a model output from 0 to 2, got 3"),
     ("-1", "--noise-output: must be a model output from 0 to 2, got -1"),
 ])
+@pytest.mark.slow
 def test_a_bad_noise_output_is_one_line(checkpoint, talk, capsys, value, message):
     assert separate(checkpoint, talk, "--noise-output", value) == 1
     err = capsys.readouterr().err

@@ -43,6 +43,7 @@ def test_clean_mixtures_and_three_speakers(libri3mix, tmp_path):
     assert "/mix_clean/" in rows[0]["mix_wav"]
 
 
+@pytest.mark.slow
 def test_wham_whamr_and_custom_layouts(wham_corpus, whamr_corpus, custom_corpus, tmp_path):
     wham = read_rows(prepare_layout(wham_layout(wham_corpus), tmp_path / "a", 8000)["valid"])
     assert "/cv/mix_both/" in wham[0]["mix_wav"]

@@ -15,6 +15,9 @@ from conftest import LIBRIMIX_HPARAMS, TINY_ARGS
 from nass.cli.demo import build_corpus
 from nass.training.recipe import run
 
+# Every test here runs the recipe.
+pytestmark = pytest.mark.slow
+
 EPOCHS = 3
 
 

@@ -103,6 +103,7 @@ def test_the_dprnn_sets_no_bound():
     assert max_positions(dprnn) is None and longest_input(dprnn) is None
 
 
+@pytest.mark.slow
 def test_windows_are_capped_at_what_the_model_takes():
     model = load_model(HPARAMS, TINY).eval()
     longest = longest_input(model)   # 2500 chunks of 20 frames: about 25 s at 8 kHz
@@ -144,6 +145,7 @@ def short_positions(monkeypatch):
     monkeypatch.setattr(PositionalEncoding.__init__, "__defaults__", (64,))
 
 
+@pytest.mark.slow
 def test_ten_minutes_in_one_pass_are_capped_not_a_tensor_size_error(short_positions, tmp_path,
                                                                     capsys):
     torch.manual_seed(0)

@@ -4,7 +4,10 @@ import pytest
 
 from conftest import TINY_DPRNN, TINY_SEPFORMER, WHAM_RECIPE
 from nass.training.recipe import parse_arguments, run
-from test_recipe import check_results, write_release_checkpoint
+from test_training_recipe import check_results, write_release_checkpoint
+
+# Every test here runs the recipe.
+pytestmark = pytest.mark.slow
 
 
 def run_wham(hparams, corpus, out, *extra, tiny=TINY_SEPFORMER):
