@@ -228,13 +228,14 @@ def pcl_alone(step, batch):
             predictions["estimates"], predictions["targets"], predictions["lengths"]
         )
     reps = predictions["reps"]
-    frames = brain._valid_frames(int(predictions["lengths"].min()), reps.shape[-1])
-    reps, clean = reps[..., :frames].detach().requires_grad_(), clean[..., :frames]
     sampler = step.brain.modules.patchsamplenet
+    frames = min(reps.shape[-1], max(sampler.min_frames,
+                                     separator.valid_frames(int(predictions["lengths"].min()))))
+    reps, clean = reps[..., :frames].detach().requires_grad_(), clean[..., :frames]
 
     def run():
         with step.autocast:
-            pcl = pcl_loss(
+            pcl, _ = pcl_loss(
                 sampler,
                 objective.nce,
                 reps,

@@ -82,7 +82,7 @@ def si_snr(estimate, reference, eps=SI_SNR_EPS):
     return 10 * torch.log10(ratio + eps)
 
 
-def pairwise_si_snr(estimates, references, eps=SI_SNR_EPS):
+def pairwise_si_snr(estimates, references, eps=SI_SNR_EPS, lengths=None):
     """SI-SNR of every estimate against every reference, for PIT.
 
     Equal to ``si_snr(estimates[b, :, e], references[b, :, r])`` for all
@@ -100,12 +100,14 @@ def pairwise_si_snr(estimates, references, eps=SI_SNR_EPS):
         ``[B, T, R]`` reference signals.
     eps : float
         As in :func:`si_snr`.
+    lengths : torch.Tensor, optional
+        Valid samples per utterance ``[B]``: padding beyond is left out.
 
     Returns
     -------
     torch.Tensor
         ``[B, E, R]`` SI-SNR in dB of estimate ``e`` against reference ``r``
-        (differentiable).
+        (differentiable), in at least float32 (half-precision energies overflow).
 
     Example
     -------
@@ -124,6 +126,11 @@ def pairwise_si_snr(estimates, references, eps=SI_SNR_EPS):
             f"pairwise_si_snr: references has [B, T] = {tuple(references.shape[:2])}, "
             f"expected {tuple(estimates.shape[:2])} as in estimates"
         )
+    if estimates.dtype in (torch.float16, torch.bfloat16):
+        estimates, references = estimates.float(), references.float()
+    if lengths is not None and bool((lengths < estimates.shape[1]).any()):
+        return torch.cat([pairwise_si_snr(estimates[b: b + 1, :n], references[b: b + 1, :n], eps)
+                          for b, n in enumerate(lengths.tolist())])
     est = estimates - estimates.mean(dim=1, keepdim=True)
     ref = references - references.mean(dim=1, keepdim=True)
     dot = est.transpose(1, 2) @ ref  # [B, E, R]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nass.losses.pcl import (
-    FramePatchSampler, PatchNCELoss, PatchSampler, chance_level, make_patch_sampler, pcl_loss,
+    FramePatchSampler, PatchNCELoss, PatchSampler, build_patch_sampler, chance_level, pcl_loss,
 )
 
 RELEASE_KEYS = [
@@ -170,7 +170,7 @@ def test_pcl_loss_aligns_each_utterance_with_its_own_permutation():
     # Utterance 0: a 3-cycle over the speakers; utterance 1: noise on output 0.
     assignment = torch.tensor([[1, 2, 0, 3], [3, 1, 2, 0]])
     ids = torch.randperm(6 * 26)[:20]
-    got = pcl_loss(sampler, nce, est, clean, assignment, 20, weight=2.0, patch_ids=ids)
+    got, _ = pcl_loss(sampler, nce, est, clean, assignment, 20, weight=2.0, patch_ids=ids)
     for b in range(2):
         total = 0.0
         noise_feat = sampler([est[assignment[b, 3], b : b + 1]], 20, ids)[0][0]
@@ -198,9 +198,9 @@ def test_pcl_runs_under_bf16_autocast_on_cpu():
     clean = torch.randn(2, 2, 16, 40)
     assignment = torch.tensor([[0, 1, 2], [1, 0, 2]])
     ids = torch.randperm(12 * 36)[:32]
-    ref = pcl_loss(sampler, nce, est, clean, assignment, 32, 2.0, patch_ids=ids)
+    ref, _ = pcl_loss(sampler, nce, est, clean, assignment, 32, 2.0, patch_ids=ids)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = pcl_loss(sampler, nce, est, clean, assignment, 32, 2.0, patch_ids=ids)
+        low, _ = pcl_loss(sampler, nce, est, clean, assignment, 32, 2.0, patch_ids=ids)
     assert torch.isfinite(low).all()
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
@@ -246,7 +246,7 @@ def test_frame_sampler_refuses_wrong_channels_and_ids():
     with pytest.raises(ValueError, match=r"patch_ids must lie in \[0, 18\)"):
         sampler([torch.rand(1, 8, 20)], num_patches=4, patch_ids=torch.tensor([18]))
     with pytest.raises(ValueError, match="pcl_patch must be one of"):
-        make_patch_sampler("pixel", proj_dim=4, num_channels=8)
+        build_patch_sampler(2.0, proj_dim=4, kind="pixel", num_channels=8)
 
 
 def _masknet_and_reps(n_channels=16, n_frames=60, seed=10):
@@ -261,9 +261,9 @@ def _masknet_and_reps(n_channels=16, n_frames=60, seed=10):
 
 def test_frame_pcl_gives_the_mask_network_finite_nonzero_gradients():
     masknet, est, clean = _masknet_and_reps()
-    sampler = make_patch_sampler("frame", proj_dim=8, num_channels=16)
+    sampler = build_patch_sampler(2.0, proj_dim=8, kind="frame", num_channels=16)
     assignment = torch.tensor([[0, 1, 2], [2, 0, 1]])
-    loss = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, num_patches=32, weight=2.0)
+    loss, _ = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, num_patches=32, weight=2.0)
     loss.sum().backward()
     for param in masknet.parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all()
@@ -273,7 +273,7 @@ def test_frame_pcl_gives_the_mask_network_finite_nonzero_gradients():
 
 def test_scalar_is_still_the_reference_sampler():
     """``pcl_patch: scalar`` builds the sampler the reference-value tests above pin."""
-    sampler = make_patch_sampler("scalar", proj_dim=32, num_channels=256)
+    sampler = build_patch_sampler(2.0, proj_dim=32, kind="scalar", num_channels=256)
     assert type(sampler) is PatchSampler
     state = release_style_state(32, seed=5)
     sampler.load_state_dict(state, strict=True)
@@ -291,20 +291,23 @@ def test_chance_level_is_the_loss_of_equal_logits():
     feats = F.normalize(torch.ones(1, 16, 4), dim=-1)
     per_patch = PatchNCELoss()(feats, feats, feats)
     torch.testing.assert_close(per_patch, torch.full((1, 16), math.log(16)))
-    assert chance_level(FramePatchSampler(8, 4), 16, 2.0, 8, 100) == pytest.approx(2 * math.log(16))
-    # Fewer positions than patches asked for: K_effective is the number of positions.
-    assert chance_level(PatchSampler(4), 256, 2.0, 6, 7) == pytest.approx(2 * math.log(6))
-    assert chance_level(FramePatchSampler(8, 4, window=3), 256, 1.0, 8, 10) == pytest.approx(math.log(8))
+    assert chance_level(16, 2.0) == pytest.approx(2 * math.log(16))
+    # Fewer positions than patches asked for: all positions are used, and chance is ln of that.
+    for sampler, (n_channels, n_frames), positions in [(PatchSampler(4), (6, 7), 6),
+                                                       (FramePatchSampler(8, 4, window=3), (8, 10), 8)]:
+        est, clean = torch.randn(3, 1, n_channels, n_frames), torch.randn(2, 1, n_channels, n_frames)
+        _, patches = pcl_loss(sampler, PatchNCELoss(), est, clean, torch.tensor([[0, 1, 2]]), 256, 1.0)
+        assert patches == positions
 
 
 def test_frame_pcl_runs_under_bf16_autocast_on_cpu():
     masknet, est, clean = _masknet_and_reps(seed=11)
-    sampler = make_patch_sampler("frame", proj_dim=8, num_channels=16)
+    sampler = build_patch_sampler(2.0, proj_dim=8, kind="frame", num_channels=16)
     assignment = torch.tensor([[0, 1, 2], [1, 2, 0]])
     ids = torch.randperm(60)[:32]
-    ref = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
+    ref, _ = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
+        low, _ = pcl_loss(sampler, PatchNCELoss(), est, clean, assignment, 32, 2.0, patch_ids=ids)
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
     low.sum().backward()

@@ -10,7 +10,8 @@ What the outputs are and how the noise output is found is the
 
 The objective holds no trainable module: the Brain passes the patch sampler
 it trains (DDP-wrapped under ``torchrun``) to each call, so its gradients are
-averaged across processes like every other parameter's.
+averaged across processes like every other parameter's; the objective only
+calls it.
 
 Example
 -------
@@ -80,7 +81,7 @@ class NASSObjective:
         """
         self._check(estimates, targets)
         return best_assignment(
-            -self.si_snr_matrix(estimates, targets, lengths), fixed_last=self.outputs.fixed_noise
+            -pairwise_si_snr(estimates, targets, lengths=lengths), fixed_last=self.outputs.fixed_noise
         )
 
     def speakers(self, estimates, targets, lengths=None):
@@ -96,10 +97,10 @@ class NASSObjective:
         """
         speakers = self.speakers(estimates, targets, lengths)
         refs = targets[..., : self.num_spks]
-        return best_assignment(-self.si_snr_matrix(speakers, refs, lengths))[1]
+        return best_assignment(-pairwise_si_snr(speakers, refs, lengths=lengths))[1]
 
     def __call__(self, estimates, targets, sep_reps=None, clean_reps=None, lengths=None,
-                 patch_sampler=None):
+                 patch_sampler=None, valid_frames=None):
         """Per-utterance losses.
 
         Arguments
@@ -118,6 +119,10 @@ class NASSObjective:
             The trained :class:`nass.losses.pcl.PatchSampler` or
             :class:`nass.losses.pcl.FramePatchSampler` (as the Brain holds it, DDP
             wrapper included), needed for PCL.
+        valid_frames : int, optional
+            Encoder frames that every utterance of the batch computes from its
+            own samples (not padding): patches come from those, or from the
+            sampler's fewest frames when the batch has fewer.
 
         Returns
         -------
@@ -133,18 +138,12 @@ class NASSObjective:
                 raise ValueError(
                     "PCL is on (pcl_weight > 0): pass sep_reps, clean_reps and patch_sampler"
                 )
-            pcl = pcl_loss(
-                patch_sampler,
-                self.nce,
-                sep_reps,
-                clean_reps,
-                assignment,
-                self.pcl_num_patches,
-                self.pcl_weight,
-            )
-            sampler = getattr(patch_sampler, "module", patch_sampler)  # without DDP's wrapper
-            chance = chance_level(sampler, self.pcl_num_patches, self.pcl_weight,
-                                  *sep_reps.shape[-2:])
+            if valid_frames is not None:
+                frames = min(sep_reps.shape[-1], max(_min_frames(patch_sampler), valid_frames))
+                sep_reps, clean_reps = sep_reps[..., :frames], clean_reps[..., :frames]
+            pcl, patches = pcl_loss(patch_sampler, self.nce, sep_reps, clean_reps, assignment,
+                                    self.pcl_num_patches, self.pcl_weight)
+            chance = chance_level(patches, self.pcl_weight)
         else:
             pcl, chance = torch.zeros_like(separation), 0.0
         return {
@@ -174,16 +173,8 @@ class NASSObjective:
                 f"in batch or length"
             )
 
-    @staticmethod
-    def si_snr_matrix(estimates, targets, lengths=None):
-        """``[B, E, R]`` SI-SNR of every output against every target, padding excluded."""
-        # SI-SNR in float32 even under autocast: fp16 energies overflow.
-        estimates, targets = estimates.float(), targets.float()
-        full = estimates.shape[1]
-        if lengths is None or bool((lengths >= full).all()):
-            return pairwise_si_snr(estimates, targets)
-        rows = [
-            pairwise_si_snr(estimates[b : b + 1, :n], targets[b : b + 1, :n])
-            for b, n in enumerate(lengths.tolist())
-        ]
-        return torch.cat(rows)
+
+
+def _min_frames(sampler):
+    """The fewest frames ``sampler`` takes (the attribute of the module inside a DDP wrapper)."""
+    return getattr(sampler, "min_frames", None) or sampler.module.min_frames

@@ -1,25 +1,15 @@
-"""Patch-wise contrastive learning (PCL), the second half of NASS.
+"""Patch-wise contrastive learning (PCL), the second half of NASS (Zhang et al., ICASSP 2024, 2.3).
 
-PCL pulls each separated speaker's encoder-domain representation towards the
-clean speaker's and away from the representation the model assigned to the
-noise, patch by patch (Zhang et al., ICASSP 2024, Sec. 2.3).
-
-Three pieces, each usable on its own:
-
-* a patch sampler turns ``[B, N, L]`` representations into L2-normalised
-  patch embeddings ``[B, K, D]`` at K shared positions:
-  :class:`PatchSampler` (``pcl_patch: scalar``, the reference's: a patch is
-  one scalar of a 3x3-conv map) or :class:`FramePatchSampler`
-  (``pcl_patch: frame``: a patch is the vector of all N channels at one
-  frame, or a few); :func:`make_patch_sampler` builds either.
-* :class:`PatchNCELoss` is the per-patch InfoNCE loss ``[B, K]``.
-* :func:`pcl_loss` is the PCL term of the objective, per utterance, with the
-  estimates aligned to the targets by each utterance's own PIT assignment.
-
-:func:`chance_level` is what the PCL term is when every logit is equal (the
-embeddings carry no information): ``weight * ln K``. The reference's scalar
-patches sit there (every embedding lies on one 1-D curve through the MLP's
-biases); the train log reports the term relative to it (``pcl_vs_chance``).
+Each separated speaker's encoder-domain representation is pulled towards the
+clean speaker's and pushed from the output assigned to the noise, patch by
+patch. A patch sampler embeds ``[B, N, L]`` representations at K shared
+positions: :class:`PatchSampler` (``pcl_patch: scalar``, the reference's: a
+patch is one scalar of a 3x3-conv map; release checkpoints load into it) or
+:class:`FramePatchSampler` (``pcl_patch: frame``: a patch is an encoder frame).
+:class:`PatchNCELoss` is the per-patch InfoNCE; :func:`pcl_loss` the term per
+utterance, aligned by each utterance's own PIT assignment. :func:`chance_level`
+is the term when all logits are equal (``weight * ln K``), which the reference's
+scalar patches do not leave (the train log's ``pcl_vs_chance``).
 
 Example
 -------
@@ -28,9 +18,9 @@ Example
 >>> est = torch.randn(3, 2, 16, 40)        # C + 1 = 3 estimates, batch 2
 >>> clean = torch.randn(2, 2, 16, 40)      # Enc(s_1), Enc(s_2)
 >>> assignment = torch.tensor([[0, 1, 2], [2, 0, 1]])
->>> loss = pcl_loss(sampler, nce, est, clean, assignment, num_patches=32, weight=2.0)
->>> loss.shape
-torch.Size([2])
+>>> loss, patches = pcl_loss(sampler, nce, est, clean, assignment, num_patches=32, weight=2.0)
+>>> loss.shape, patches
+(torch.Size([2]), 32)
 """
 
 import math
@@ -50,7 +40,60 @@ _NORM_EPS = 1e-7
 _SAME_POSITION_LOGIT = -10.0
 
 
-class PatchSampler(nn.Module):
+class _Sampler(nn.Module):
+    """What both samplers share: drawing K positions and checking the representations."""
+
+    # The fewest frames a representation must have.
+    min_frames = 1
+
+    def num_positions(self, n_channels, n_frames):
+        """Number of patches a ``[B, n_channels, n_frames]`` rep offers."""
+        raise NotImplementedError
+
+    def _check_shape(self, shape, name):
+        """``(n_channels, n_frames)`` of a rep ``shape``, or ValueError saying what is expected."""
+        raise NotImplementedError
+
+    def draw_patch_ids(self, shape, num_patches, device=None):
+        """Draws ``min(num_patches, positions)`` distinct positions for reps of ``shape``.
+
+        Asking for more patches than there are positions takes all of them
+        (as the reference does), in random order.
+        """
+        n_channels, n_frames = self._check_shape(shape, "reps")
+        if num_patches < 1:
+            raise ValueError(f"{type(self).__name__}: num_patches must be >= 1, got {num_patches}")
+        positions = self.num_positions(n_channels, n_frames)
+        return torch.randperm(positions, device=device)[: min(num_patches, positions)]
+
+    def _checked_reps(self, reps, num_patches, patch_ids):
+        """``(reps, shape, patch_ids)``: the representations checked alike, and the K positions."""
+        name = type(self).__name__
+        reps = list(reps)
+        if not reps:
+            raise ValueError(f"{name}: reps is empty; expected at least one [B, N, L] tensor")
+        shape = reps[0].shape
+        for i, rep in enumerate(reps):
+            if rep.shape != shape:
+                raise ValueError(f"{name}: reps[{i}] has shape {tuple(rep.shape)}, expected "
+                                 f"{tuple(shape)} like reps[0]")
+        n_channels, n_frames = self._check_shape(shape, "reps[0]")
+        device = reps[0].device
+        if patch_ids is None:
+            return reps, shape, self.draw_patch_ids(shape, num_patches, device=device)
+        patch_ids = torch.as_tensor(patch_ids)
+        positions = self.num_positions(n_channels, n_frames)
+        if patch_ids.dim() != 1 or patch_ids.numel() == 0 or patch_ids.dtype.is_floating_point:
+            raise ValueError(f"{name}: patch_ids must be a non-empty 1-D integer tensor, got "
+                             f"{patch_ids.dtype} of shape {tuple(patch_ids.shape)}")
+        if patch_ids.min() < 0 or patch_ids.max() >= positions:
+            raise ValueError(f"{name}: patch_ids must lie in [0, {positions}) for reps of shape "
+                             f"{tuple(shape)}; got range [{int(patch_ids.min())}, "
+                             f"{int(patch_ids.max())}]")
+        return reps, shape, patch_ids.long().to(device)
+
+
+class PatchSampler(_Sampler):
     """Samples patch embeddings from encoder-domain representations.
 
     Each representation ``[B, N, L]`` is read as a one-channel image
@@ -84,22 +127,11 @@ class PatchSampler(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Conv2d(1, 1, 3))
         self.mlp = nn.Sequential(nn.Linear(1, proj_dim), nn.ReLU(), nn.Linear(proj_dim, proj_dim))
 
-    @staticmethod
-    def num_positions(n_channels, n_frames):
+    min_frames = PATCH_WINDOW
+
+    def num_positions(self, n_channels, n_frames):
         """Number of positions a ``[B, n_channels, n_frames]`` rep offers."""
         return (n_channels - _SHRINK) * (n_frames - _SHRINK)
-
-    def draw_patch_ids(self, shape, num_patches, device=None):
-        """Draws ``min(num_patches, positions)`` distinct positions for reps of ``shape``.
-
-        Asking for more patches than there are positions takes all of them
-        (as the reference does), in random order.
-        """
-        n_channels, n_frames = self._check_shape(shape, "reps")
-        if num_patches < 1:
-            raise ValueError(f"PatchSampler: num_patches must be >= 1, got {num_patches}")
-        positions = self.num_positions(n_channels, n_frames)
-        return torch.randperm(positions, device=device)[: min(num_patches, positions)]
 
     def forward(self, reps, num_patches, patch_ids=None):
         """Embeds the same K positions of every representation.
@@ -120,7 +152,7 @@ class PatchSampler(nn.Module):
         patch_ids : torch.LongTensor
             The K positions used.
         """
-        reps, shape, patch_ids = _checked_reps(self, reps, num_patches, patch_ids)
+        reps, shape, patch_ids = self._checked_reps(reps, num_patches, patch_ids)
         batch, n_channels, n_frames = shape
         stacked = torch.stack(reps).reshape(len(reps) * batch, n_channels * n_frames)
         windows = stacked[:, self._window_index(patch_ids, n_frames)]
@@ -141,8 +173,7 @@ class PatchSampler(nn.Module):
         idx = idx + cols[:, None, None] + offsets[None, None, :]
         return idx.reshape(-1)
 
-    @staticmethod
-    def _check_shape(shape, name):
+    def _check_shape(self, shape, name):
         if len(shape) != 3:
             raise ValueError(
                 f"PatchSampler: {name} must be [B, N, L], got shape {tuple(shape)}"
@@ -155,26 +186,7 @@ class PatchSampler(nn.Module):
             )
         return n_channels, n_frames
 
-    def _check_ids(self, patch_ids, n_channels, n_frames):
-        patch_ids = torch.as_tensor(patch_ids)
-        positions = self.num_positions(n_channels, n_frames)
-        if patch_ids.dim() != 1 or patch_ids.numel() == 0:
-            raise ValueError(
-                f"PatchSampler: patch_ids must be a non-empty 1-D tensor, got shape "
-                f"{tuple(patch_ids.shape)}"
-            )
-        if patch_ids.dtype.is_floating_point:
-            raise ValueError(f"PatchSampler: patch_ids must be integers, got {patch_ids.dtype}")
-        if patch_ids.min() < 0 or patch_ids.max() >= positions:
-            raise ValueError(
-                f"PatchSampler: patch_ids must lie in [0, {positions}) for reps with "
-                f"N={n_channels}, L={n_frames}; got range [{int(patch_ids.min())}, "
-                f"{int(patch_ids.max())}]"
-            )
-        return patch_ids.long()
-
-
-class FramePatchSampler(nn.Module):
+class FramePatchSampler(_Sampler):
     """Patches that are frames: all N channels at one time step (or ``window`` steps).
 
     CUT's PatchNCE (Park et al., arXiv 2007.15651), from which the
@@ -228,6 +240,7 @@ class FramePatchSampler(nn.Module):
                 raise ValueError(f"FramePatchSampler: {name} must be >= 1, got {value}")
         self.num_channels, self.proj_dim = int(num_channels), int(proj_dim)
         self.window, self.centre = int(window), bool(centre)
+        self.min_frames = self.window
         self.mlp = nn.Sequential(
             nn.Linear(self.num_channels * self.window, self.proj_dim), nn.ReLU(),
             nn.Linear(self.proj_dim, self.proj_dim),
@@ -237,21 +250,13 @@ class FramePatchSampler(nn.Module):
         """Number of patches a ``[B, n_channels, n_frames]`` rep offers."""
         return n_frames - self.window + 1
 
-    def draw_patch_ids(self, shape, num_patches, device=None):
-        """Draws ``min(num_patches, positions)`` distinct window starts for reps of ``shape``."""
-        n_channels, n_frames = self._check_shape(shape, "reps")
-        if num_patches < 1:
-            raise ValueError(f"FramePatchSampler: num_patches must be >= 1, got {num_patches}")
-        positions = self.num_positions(n_channels, n_frames)
-        return torch.randperm(positions, device=device)[: min(num_patches, positions)]
-
     def forward(self, reps, num_patches, patch_ids=None):
         """Embeds the same K frames (windows) of every representation.
 
         Arguments and returns as :meth:`PatchSampler.forward`; ``patch_ids``
         are window starts in ``[0, L - window]``.
         """
-        reps, _, patch_ids = _checked_reps(self, reps, num_patches, patch_ids)
+        reps, _, patch_ids = self._checked_reps(reps, num_patches, patch_ids)
         device = reps[0].device
         stacked = torch.stack(reps).float()                      # [R, B, N, L]
         if self.centre:
@@ -277,51 +282,17 @@ class FramePatchSampler(nn.Module):
             )
         return n_channels, n_frames
 
-    def _check_ids(self, patch_ids, n_channels, n_frames):
-        patch_ids = torch.as_tensor(patch_ids)
-        positions = self.num_positions(n_channels, n_frames)
-        if patch_ids.dim() != 1 or patch_ids.numel() == 0 or patch_ids.dtype.is_floating_point:
-            raise ValueError(
-                f"FramePatchSampler: patch_ids must be a non-empty 1-D integer tensor, got "
-                f"{patch_ids.dtype} of shape {tuple(patch_ids.shape)}"
-            )
-        if patch_ids.min() < 0 or patch_ids.max() >= positions:
-            raise ValueError(
-                f"FramePatchSampler: patch_ids must lie in [0, {positions}) for L={n_frames}, "
-                f"window={self.window}; got range [{int(patch_ids.min())}, {int(patch_ids.max())}]"
-            )
-        return patch_ids.long()
 
+def chance_level(num_patches, weight):
+    """The PCL term when all logits are equal: ``weight * ln K``, K the patches used.
 
-def make_patch_sampler(kind, proj_dim, num_channels, window=1, centre=False):
-    """The sampler named by the recipes' ``pcl_patch`` option.
+    Each patch's softmax runs over its positive and the K - 1 negatives at
+    other positions (the one at its own position is masked).
 
-    ``"scalar"``: :class:`PatchSampler` (the reference's, release checkpoints
-    load into it); ``"frame"``: :class:`FramePatchSampler` over ``num_channels``
-    encoder channels and ``window`` frames per patch (``centre``: see there).
-
-    >>> type(make_patch_sampler("frame", proj_dim=8, num_channels=16)).__name__
-    'FramePatchSampler'
-    """
-    if kind == "scalar":
-        return PatchSampler(proj_dim)
-    if kind == "frame":
-        return FramePatchSampler(num_channels, proj_dim, window=window, centre=centre)
-    raise ValueError(f"pcl_patch must be one of {PATCH_KINDS}, got {kind!r}")
-
-
-def chance_level(sampler, num_patches, weight, n_channels, n_frames):
-    """The PCL term when all logits are equal: ``weight * ln K_effective``.
-
-    ``K_effective = min(num_patches, positions)``: each patch's softmax runs
-    over its positive and the K - 1 negatives at other positions (the one at
-    its own position is masked).
-
-    >>> round(chance_level(PatchSampler(4), 256, 2.0, 256, 4000), 2)
+    >>> round(chance_level(256, 2.0), 2)
     11.09
     """
-    k = min(int(num_patches), sampler.num_positions(n_channels, n_frames))
-    return float(weight) * math.log(max(k, 1))
+    return float(weight) * math.log(max(int(num_patches), 1))
 
 
 class PatchNCELoss(nn.Module):
@@ -399,8 +370,10 @@ def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, pa
 
     Returns
     -------
-    torch.Tensor
-        ``[B]`` loss per utterance.
+    loss : torch.Tensor
+        ``[B]`` per utterance.
+    patches : int
+        K, the patches used (fewer than ``num_patches`` on short representations).
     """
     n_out, batch = estimates.shape[:2]
     n_spk = clean.shape[0]
@@ -430,15 +403,17 @@ def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, pa
     total = 0.0
     for query, positive in zip(queries, fixed[:-1]):
         total = total + nce(query, positive, negatives).mean(dim=1)
-    return total * (weight / n_spk)
+    return total * (weight / n_spk), len(patch_ids)
 
 
-def build_patch_sampler(pcl_weight, proj_dim=256, kind="scalar", num_channels=None, window=1):
-    """The recipes' ``patchsamplenet``: the ``kind`` of sampler when PCL is on, else None.
+def build_patch_sampler(pcl_weight, proj_dim=256, kind="scalar", num_channels=None, window=1,
+                        centre=False):
+    """The recipes' ``patchsamplenet``: the ``kind`` (``pcl_patch``) of sampler with PCL on, else None.
 
+    ``"scalar"``: :class:`PatchSampler`; ``"frame"``: :class:`FramePatchSampler`
+    over ``num_channels`` encoder channels and ``window`` frames per patch.
     Building nothing with PCL off keeps a baseline run's random numbers
-    (weight initialisation, crops) those of SpeechBrain's own recipe. ``kind``
-    is the ``pcl_patch`` option (see :func:`make_patch_sampler`).
+    (weight initialisation, crops) those of SpeechBrain's own recipe.
 
     >>> build_patch_sampler(0.0) is None, type(build_patch_sampler(2.0, proj_dim=8)).__name__
     (True, 'PatchSampler')
@@ -447,32 +422,8 @@ def build_patch_sampler(pcl_weight, proj_dim=256, kind="scalar", num_channels=No
     """
     if kind not in PATCH_KINDS:
         raise ValueError(f"pcl_patch must be one of {PATCH_KINDS}, got {kind!r}")
-    if pcl_weight > 0:
-        return make_patch_sampler(kind, proj_dim, num_channels, window=window)
-    return None
-
-
-def _checked_reps(sampler, reps, num_patches, patch_ids):
-    """``(reps, shape, patch_ids)``: the representations checked alike, and the K positions.
-
-    Shared by both samplers' ``forward``: the positions are drawn when not given,
-    else checked against the representations' shape.
-    """
-    name = type(sampler).__name__
-    reps = list(reps)
-    if not reps:
-        raise ValueError(f"{name}: reps is empty; expected at least one [B, N, L] tensor")
-    shape = reps[0].shape
-    for i, rep in enumerate(reps):
-        if rep.shape != shape:
-            raise ValueError(
-                f"{name}: reps[{i}] has shape {tuple(rep.shape)}, expected "
-                f"{tuple(shape)} like reps[0]"
-            )
-    n_channels, n_frames = sampler._check_shape(shape, "reps[0]")
-    device = reps[0].device
-    if patch_ids is None:
-        patch_ids = sampler.draw_patch_ids(shape, num_patches, device=device)
-    else:
-        patch_ids = sampler._check_ids(patch_ids, n_channels, n_frames).to(device)
-    return reps, shape, patch_ids
+    if not pcl_weight > 0:
+        return None
+    if kind == "scalar":
+        return PatchSampler(proj_dim)
+    return FramePatchSampler(num_channels, proj_dim, window=window, centre=centre)

@@ -88,6 +88,11 @@ class NoiseAwareSeparator(nn.Module):
         """The encoder's kernel: the shortest input the model accepts."""
         return self.encoder.conv1d.kernel_size[0]
 
+    def valid_frames(self, n_samples):
+        """Encoder frames computed from the first ``n_samples`` samples only (not from padding)."""
+        conv = self.encoder.conv1d
+        return max(0, (n_samples - conv.kernel_size[0]) // conv.stride[0] + 1)
+
     def encode(self, signals):
         """Encodes ``[B, T]`` signals (or ``[B, T, S]``, giving ``[S, B, N, L]``)."""
         if signals.dim() == 2:

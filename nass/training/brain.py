@@ -37,7 +37,6 @@ from tqdm import tqdm
 from nass.audio import write_wav
 from nass.training.augment import random_crop, remix_with_speed_perturb
 from nass.metrics import mean_of_defined, utterance_scores
-from nass.losses.pcl import PATCH_WINDOW
 from nass.losses.pit import align
 
 logger = logging.getLogger(__name__)
@@ -119,11 +118,10 @@ class SeparationBrain(sb.Brain):
                 return objective(est, targets, lengths=lengths)
             with torch.no_grad():
                 clean = self.separator_module.encode(predictions["speakers"])
-            # Patches come from frames every utterance of the batch has, not padding.
-            frames = self._valid_frames(int(lengths.min()), predictions["reps"].shape[-1])
             return objective(
-                est, targets, predictions["reps"][..., :frames], clean[..., :frames], lengths,
+                est, targets, predictions["reps"], clean, lengths,
                 patch_sampler=self.modules.patchsamplenet,
+                valid_frames=self.separator_module.valid_frames(int(lengths.min())),
             )
         return objective.speaker_loss(est, targets, lengths)
 
@@ -135,17 +133,6 @@ class SeparationBrain(sb.Brain):
         """
         predictions = self.compute_forward(batch, sb.Stage.TRAIN)
         return self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
-
-    def _valid_frames(self, n_samples, n_frames):
-        """Encoder frames computed from the first ``n_samples`` samples only.
-
-        At least the patch sampler's window (5 frames, 48 samples with the
-        release's encoder) when the batch has them: an utterance shorter than
-        that lends a few frames of padding rather than stopping training.
-        """
-        conv = self.separator_module.encoder.conv1d
-        valid = (n_samples - conv.kernel_size[0]) // conv.stride[0] + 1
-        return min(n_frames, max(PATCH_WINDOW, valid))
 
     @property
     def separator_module(self):
