@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import TaggedScalar
 
 from nass.logs import quiet_torchvision_note
 
@@ -90,28 +92,31 @@ def is_resolved_copy(text):
 
 
 def model_settings(text, roots=INFERENCE_ROOTS):
-    """The top-level keys that ``roots`` are built from, following ``!ref <key>`` and ``<key>``.
+    """The top-level keys that ``roots`` are built from, following their ``!ref`` and ``!copy`` references.
 
-    A key's block is its line and the indented lines under it.
+    The file is read as YAML (tags kept, nothing built); a reference names
+    keys as ``<key>`` or ``<key.attr>``, possibly inside an expression.
     """
-    blocks, current = {}, None
-    for line in text.splitlines():
-        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
-        match = re.match(r"([A-Za-z_]\w*)\s*:", line)
-        if match:
-            current = match.group(1)
-            blocks[current] = line[match.end():]
-        elif current is not None and (line.startswith((" ", "\t")) or not line.strip()):
-            blocks[current] += "\n" + line
-        else:
-            current = None
-    needed, todo = set(), [r for r in roots if r in blocks]
+    tree = YAML(typ="rt").load(text)
+    needed, todo = set(), [r for r in roots if r in tree]
     while todo:
         key = todo.pop()
         if key not in needed:
             needed.add(key)
-            todo.extend(k for k in _REF.findall(blocks[key]) if k in blocks)
+            todo.extend(k for k in _references(tree[key]) if k in tree)
     return needed
+
+
+def _references(node):
+    """The keys a YAML node refers to (``!ref``/``!copy`` scalars, at any depth)."""
+    if isinstance(node, TaggedScalar) and node.tag.value in ("!ref", "!copy"):
+        yield from _REF.findall(node.value)
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _references(value)
 
 
 def check_overrides(overrides, text, source, purpose="training"):
