@@ -43,6 +43,7 @@ import soundfile as sf
 from nass.audio import output_paths, save_sources
 from nass.cli import EXIT_FAILED, EXIT_OK, report
 from nass.cli.plot import plot_spectrograms
+from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_loudness, without_clipping
 from nass.inference import Separator
 from nass.model.loading import recipe_hparams
 from nass.training.recipe import run
@@ -52,10 +53,6 @@ RECIPE_HPARAMS = recipe_hparams()
 # Marks an out_dir as the demo's own, so that a rerun may replace what is in it.
 MARKER = ".nass-demo"
 SAMPLE_RATE = 8000
-# LibriMix's levels (LUFS there, RMS here: close enough for speech and noise).
-SPEECH_DBFS = (-33.0, -25.0)
-NOISE_DBFS = (-38.0, -30.0)
-PEAK = 0.9
 # Mixtures per split and the longest training mixture, in seconds.
 CORPUS = {"train-100": 24, "dev": 3, "test": 3}
 QUICK_CORPUS = {"train-100": 4, "dev": 2, "test": 2}
@@ -245,21 +242,15 @@ def build_corpus(root, seed=0, counts=None, train_seconds=TRAIN_SECONDS):
 
 
 def _mixture_sources(rng, speech1, speech2, noise, limit_seconds):
-    """Excerpts of two speakers and a noise, of one length, at LibriMix-like levels."""
+    """Excerpts of two speakers and a noise, of one length, mixed the LibriMix way (:mod:`nass.data.mixing`)."""
     length = min(len(speech1), len(speech2), len(noise))
     if limit_seconds is not None:
         length = min(length, int(limit_seconds * SAMPLE_RATE))
     signals = []
-    for source, levels in ((speech1, SPEECH_DBFS), (speech2, SPEECH_DBFS), (noise, NOISE_DBFS)):
+    for source, levels in ((speech1, SPEECH_LUFS), (speech2, SPEECH_LUFS), (noise, NOISE_LUFS)):
         start = rng.integers(len(source) - length + 1)
-        excerpt = source[start:start + length]
-        rms = np.sqrt(np.mean(excerpt ** 2)) + 1e-12
-        signals.append(excerpt * 10 ** (rng.uniform(*levels) / 20) / rms)
-    # Scale together, as LibriMix does, so that no file clips.
-    peak = max(np.abs(sum(signals)).max(), *(np.abs(s).max() for s in signals))
-    if peak > PEAK:
-        signals = [s * PEAK / peak for s in signals]
-    return [np.round(s * 32768) / 32768 for s in signals]
+        signals.append(to_loudness(source[start:start + length], rng.uniform(*levels), SAMPLE_RATE))
+    return without_clipping(signals)
 
 
 def results_table(csv_path):
