@@ -1,20 +1,11 @@
 """Reading hparams files: overrides checked before anything is built, the model's settings loaded.
 
-HyperPyYAML applies ``--key value`` overrides to whatever the file holds;
-a misspelt key, a value of the wrong kind, or a key that the task at hand
-never reads would otherwise surface as a deep error or as nothing at all.
-:func:`check_overrides` names each of these in one line:
-
-* a key the file does not have, with the closest one it does have;
-* a value whose kind differs from the file's (``--batch_size abc`` where the
-  file has ``1``);
-* for separation (``purpose="inference"``), a key that does not shape the
-  model: only the settings that ``separator``, ``sample_rate`` and
-  ``outputs`` (or ``noise_assignment``) are built from (followed through
-  ``!ref``) change what ``nass separate`` does;
-* any override of the resolved copy SpeechBrain writes to
-  ``<output_folder>/hyperparams.yaml``: its references are already filled
-  in, so a new ``num_spks`` would not reach the model built from it.
+:func:`check_overrides` names in one line a key the file lacks (with the closest
+it has), a value of another kind than the file's, for separation a key that
+does not shape the model (:func:`model_settings`: what ``separator``,
+``sample_rate`` and ``outputs`` are built from), and any override of the
+resolved copy SpeechBrain saves in an output folder. :func:`load_model_hparams`
+builds a recipe file's model without touching its data or output folders.
 
 Example
 -------

@@ -1,34 +1,11 @@
-"""``nass demo``: the whole NASS pipeline in a few minutes, on a CPU, with no data and no network.
+"""``nass demo``: the whole pipeline in minutes on a CPU, with no data and no network.
 
-1. **Corpus.** Mixes the read speech and real noise shipped in
-   ``nass/assets`` (see its ``ATTRIBUTION.md``) the LibriMix way (random
-   excerpts, offsets and levels: speech at -33..-25 dBFS RMS, noise at
-   -38..-30 dBFS, the minimum length of the pair) into a small noisy
-   Libri2Mix (``wav8k/min/{train-100,dev,test}/{mix_both,mix_clean,s1,s2,noise}``).
-2. **Training.** Trains a small noise-aware Sepformer with PCL with the
-   LibriMix recipe itself (:func:`nass.training.recipe.run` on its
-   ``sepformer-libri2mix.yaml``, with small-model overrides). Unless ``epochs`` is given, one epoch is timed
-   and training resumes for as many epochs as fit ``minutes``.
-3. **Evaluation.** The recipe's ``test_results.csv``, summarised as a table
-   with the unprocessed mixture as the baseline (its SI-SNRi and SDRi are 0
-   by definition, so its SI-SNR and SDR are given too).
-4. **Use.** Separates one test mixture into speakers and noise with
-   :class:`nass.inference.Separator` and draws its spectrograms with
-   :func:`nass.cli.plot.plot_spectrograms`.
-
-The recipe's hparams file ships inside the package (``nass/assets`` links to
-``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``, and a
-wheel holds the file itself), so the demo runs from any install and trains
-exactly as users do.
-
-The demo writes only into an ``out_dir`` that is new, empty, or made by an
-earlier demo (it leaves a ``.nass-demo`` file there); a rerun replaces the
-corpus and training run it made before, and never touches a folder it did
-not make.
-
-With four short speech excerpts and two noise recordings, test mixtures
-reuse the voices and noises of training (in other pairs, excerpts, offsets
-and levels), and minutes of CPU training teach a Sepformer little: the
+It mixes the speech and noise shipped in ``nass/assets`` the LibriMix way into
+a small noisy Libri2Mix, trains a small NASS Sepformer with the LibriMix recipe
+itself (its hparams file ships in the package), summarises ``test_results.csv``
+against the unprocessed mixture, separates a test mixture and plots it. It
+writes only into an ``out_dir`` that is new, empty or an earlier demo's (marked
+by a ``.nass-demo`` file). Four speech excerpts and minutes of training: the
 numbers show that the pipeline runs, not how well NASS separates.
 """
 

@@ -1,21 +1,11 @@
 """Dynamic mixing: a fresh noisy mixture for every training example.
 
-C utterances of C different speakers (LibriSpeech for LibriMix, WSJ0 for
-WHAM!) and one noise excerpt (WHAM! noise) are drawn at random, resampled
-to the recipe's rate, cropped to a common length, loudness-normalised the
-way LibriMix does (speech -33..-25 LUFS, noise -38..-30 LUFS, pyloudnorm)
-and summed; the whole mixture is scaled down together if it would clip.
-
-A speaker is the first folder under ``base_folder_dm``
-(``LibriSpeech/train-clean-100/<speaker>/<chapter>/*.flac``,
-``wsj0/si_tr_s/<speaker>/*.wav``).
-
-Mixture ``i`` of epoch ``e`` is a function of ``(seed, e, i)`` only: its
-random numbers come from a generator seeded with those three numbers. So the
-mixtures are the same whatever the number of loader workers or DDP
-processes, differ from one epoch to the next, and a resumed run draws the
-mixtures of the epoch it resumes, not those it has already trained on. DDP
-processes read disjoint indices (SpeechBrain's ``DistributedSampler``).
+C utterances of C speakers (LibriSpeech, or WSJ0; a speaker is the first
+folder under ``base_folder_dm``) and a WHAM! noise excerpt are drawn, resampled,
+cropped to one length and mixed the LibriMix way (:mod:`nass.data.mixing`).
+Mixture ``i`` of epoch ``e`` depends on ``(seed, e, i)`` only, so it is the same
+whatever the number of loader workers or DDP processes, and a resumed run
+draws the mixtures of the epoch it resumes.
 """
 
 import logging

@@ -1,30 +1,10 @@
-"""A CPU-sized noisy Libri2Mix whose speech is SYNTHETIC (text-to-speech), mixed with real noise.
+"""A CPU-sized noisy Libri2Mix whose speech is synthetic (text-to-speech), mixed with real noise.
 
-The shared mini corpus has a few seconds of real speech; CPU comparisons of
-training variants need more. This builder speaks many generated English
-sentences with several text-to-speech voices (``flite`` and ``espeak-ng``,
-Debian packages: ``apt-get install flite espeak-ng``), and mixes pairs of
-them with real noise recordings the LibriMix way:
-
-* 8 kHz, ``min`` mode (both utterances cut to the shorter one);
-* speech loudness drawn in -33..-25 LUFS, noise in -38..-30 LUFS
-  (pyloudnorm), every file of a mixture scaled down together if the
-  mixture would clip; sources rounded to 16 bits before summing, so
-  ``mix_both == s1 + s2 + noise`` holds in the files;
-* each split has its own voices (speaker-disjoint like LibriMix) and its own
-  sentences; noise excerpts are drawn from the noise recordings at random
-  offsets (the shipped ``nass/assets/noise`` by default: two real
-  recordings, so every split hears the same two noises; give WHAM!'s
-  noise with ``noise_folder`` for more).
-
-The speech is synthetic: robotic, clean, few voices. A model trained on it
-is not a LibriMix model, and figures measured on it say how training
-variants compare with each other at CPU scale, not how they do on real
-speech.
-
-Written in Libri2Mix's layout (``wav8k/min/{train-100,dev,test}/{mix_both,
-mix_clean,mix_single,s1,s2,noise}`` and ``metadata/``), so the LibriMix
-recipe reads it with ``--data_folder <root>/Libri2Mix``::
+Generated English sentences spoken by ``flite`` and ``espeak-ng`` voices
+(``apt-get install flite espeak-ng``), split-disjoint voices and sentences,
+mixed with real noise the LibriMix way (:mod:`nass.data.mixing`) and written
+in Libri2Mix's layout. Robotic, clean speech: it compares training variants
+at CPU scale, not how they do on real speech::
 
     python -m nass.data.tts /data/tts-librimix --n_train 400
 

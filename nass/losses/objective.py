@@ -1,17 +1,10 @@
 """The NASS training objective: SI-SNR with PIT plus the PCL term, per utterance.
 
-What the outputs are and how the noise output is found is the
-:class:`nass.model.outputs.Outputs` the objective is given (``noise_assignment``):
-
-* ``"pit"`` (the reference's behaviour): PIT over all C+1 outputs against
-  ``[s_1..s_C, noise]``; whichever output PIT gives the noise target is noise.
-* ``"fixed"``: the last output is the noise; PIT permutes the speakers only
-  (C! instead of (C+1)! candidates, and inference knows which output is noise).
-
-The objective holds no trainable module: the Brain passes the patch sampler
-it trains (DDP-wrapped under ``torchrun``) to each call, so its gradients are
-averaged across processes like every other parameter's; the objective only
-calls it.
+The model's :class:`nass.model.Outputs` decides the PIT: ``pit`` (the reference)
+permutes all C+1 outputs against ``[s_1..s_C, noise]``; ``fixed`` keeps the
+last output for the noise and permutes the speakers. The objective holds no
+trainable module: the Brain passes the patch sampler (DDP-wrapped under
+``torchrun``, so its gradients are averaged) to each call.
 
 Example
 -------

@@ -1,19 +1,10 @@
-"""Loading a model: from a recipe's hparams file and a checkpoint, or from a pretrained-model folder.
+"""Loading a model with its weights: the one place, for inference, export and the command line.
 
-The one place where a :class:`nass.model.separator.NoiseAwareSeparator` is
-built and given its weights, for inference, export and the command line:
-
-* :func:`load_trained`: a recipe's hparams file (or a run's saved
-  ``hyperparams.yaml``) and a ``CKPT+...`` or ``save/`` folder;
-* :func:`load_pretrained`: a folder in SpeechBrain's hub layout
-  (``hyperparams.yaml`` + ``encoder/masknet/decoder.ckpt``), which ``nass
-  export`` writes; its ``num_spks`` is the number of outputs, and the ``nass``
-  key (which SpeechBrain ignores) holds :meth:`Outputs.to_dict`. A hub folder
-  without it has speakers only.
-
-Each gives a :class:`TrainedModel`. Building a folder's ``hyperparams.yaml``
-runs the constructors it names, as SpeechBrain's ``from_hparams`` does: use
-folders you trust.
+:func:`load_trained` builds a recipe's (or a run's saved) hparams file and loads
+a ``CKPT+...`` or ``save/`` folder; :func:`load_pretrained` builds a folder in
+SpeechBrain's hub layout (``hyperparams.yaml`` + ``encoder/masknet/decoder.ckpt``),
+whose ``nass`` key holds :meth:`Outputs.to_dict` (a hub folder without it has
+speakers only). Each gives a :class:`TrainedModel`.
 
 Example
 -------

@@ -1,27 +1,12 @@
 """The SpeechBrain ``Brain`` shared by every NASS recipe (LibriMix, WHAM!, custom).
 
-The recipes' ``train.py`` only load the hparams, prepare the data and call
-:func:`nass.training.recipe.run`; everything a training step does lives here:
-
-* TRAIN: speed perturbation of the speakers, mixture re-summed with the noise,
-  random crop; separation with C(+1) outputs; per-utterance SI-SNR PIT loss
-  plus PCL; utterances below ``threshold`` dropped; non-finite or too large
-  losses skip the step (counted and logged). The log shows each epoch the
-  PCL term relative to chance (``pcl_vs_chance``, 1.00 = the embeddings tell
-  nothing apart) and, every ``pcl_grad_every`` steps, how strongly PCL
-  pulls on the mask network (``pcl_grad_share``).
-* VALID/TEST: the noise output is assigned as in training and dropped; the
-  stage's ``si-snr`` is the negative SI-SNR of the speakers (PIT over C),
-  the key checkpoints are kept by.
-* :meth:`SeparationBrain.write_test_results`: ``test_results.csv`` with
-  SI-SNR, SI-SNRi, SDR, SDRi per utterance and an ``avg`` row, from the
-  checkpoint the recipe chose (:func:`nass.model.checkpoints.checkpoint_to_evaluate`).
-
-Under DDP every trainable module (the separator and the patch sampler) is
-called through its DDP wrapper while training, so its gradients are
-averaged; validation and test call the unwrapped modules, which need no
-collective operation. The test set is split between the processes and the
-rows gathered, so each utterance is evaluated once.
+A training step: speed perturbation of the speakers, the mixture re-summed
+with the noise, a random crop, separation, the per-utterance objective
+(:mod:`nass.losses.objective`), utterances below ``threshold`` dropped and
+unusable losses skipped (counted). Validation and test score the speakers
+(noise output assigned as in training, then dropped); :meth:`write_test_results`
+writes ``test_results.csv``. Under DDP training calls the modules through
+their wrappers; evaluation splits the test set between processes and gathers the rows.
 """
 
 import csv

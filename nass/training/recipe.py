@@ -1,26 +1,13 @@
-"""What every recipe's ``train.py`` does, once: ``python train.py hparams.yaml [--opt value]``.
+"""What every recipe's ``train.py`` does: ``python train.py hparams.yaml [--option value]``.
 
-1. Load the HyperPyYAML file with command-line overrides; set up DDP when
-   started by ``torchrun``; create the output folder.
-2. Check the data folder and write the csvs (main process only), using the
-   ``dataset_layout`` the hparams file builds (LibriMix, WHAM!, custom, ...).
-3. Build the datasets (or the dynamic-mixing training set).
-4. Train with :class:`nass.training.brain.SeparationBrain` (resuming from the newest
-   checkpoint), unless ``test_only``; a run from scratch starts from the
-   reference's initialisation (:mod:`nass.training.initialisation`), then from
-   ``pretrained_separator`` when it names a folder
-   (:func:`nass.training.pretrained.init_from_pretrained`).
-5. Evaluate the checkpoint :func:`nass.model.checkpoints.checkpoint_to_evaluate`
-   picks (the one ``nass separate`` uses) and write ``test_results.csv``.
-
-Every check that can refuse a run (overrides, the checkpoint to resume or
-evaluate fitting the model) comes before anything is written to the output
-folder, so a refused rerun leaves a finished run's ``hyperparams.yaml``, the
-record of how its checkpoints were trained, as it was. :func:`main` reports
-a user's mistake (a missing or misspelt option, a value of the wrong kind, a
-bad data folder, a checkpoint that does not fit) in one line naming it and
-exits with status 1, and an interrupted run (Ctrl-C) with what it kept and
-status 130; ``NASS_DEBUG=1`` shows the traceback.
+Parse the hparams and overrides, set up DDP, check everything that can refuse
+the run (options, the data folder, a checkpoint that must fit) before the
+output folder is written, prepare the csvs, train :class:`SeparationBrain`
+(resuming from the newest checkpoint; from scratch with the reference's
+initialisation, or from ``pretrained_separator``) and evaluate the checkpoint
+``nass separate`` would use. :func:`main` answers a user's mistake in one line
+(exit 1) and Ctrl-C with the checkpoint kept (exit 130). About 420 lines: the
+checks before writing are most of it.
 """
 
 import argparse
