@@ -50,7 +50,7 @@ from _common import REPO_ROOT, format_table, last_line, machine_summary, use_che
 use_checkout()
 
 from nass.inference.noise_id import (  # noqa: E402
-    CLOSE_MARGIN, NoiseChoice, features, identify_noise, speech_likeness)
+    CLOSE_MARGIN, NoiseChoice, identify_noise, speech_likeness)
 
 RATE = 8000
 SECONDS = 4.0
