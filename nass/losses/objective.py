@@ -131,11 +131,9 @@ class NASSObjective:
                 raise ValueError(
                     "PCL is on (pcl_weight > 0): pass sep_reps, clean_reps and patch_sampler"
                 )
-            if valid_frames is not None:
-                frames = min(sep_reps.shape[-1], max(_min_frames(patch_sampler), valid_frames))
-                sep_reps, clean_reps = sep_reps[..., :frames], clean_reps[..., :frames]
             pcl, patches = pcl_loss(patch_sampler, self.nce, sep_reps, clean_reps, assignment,
-                                    self.pcl_num_patches, self.pcl_weight)
+                                    self.pcl_num_patches, self.pcl_weight,
+                                    valid_frames=valid_frames)
             chance = chance_level(patches, self.pcl_weight)
         else:
             pcl, chance = torch.zeros_like(separation), 0.0
@@ -167,7 +165,3 @@ class NASSObjective:
             )
 
 
-
-def _min_frames(sampler):
-    """The fewest frames ``sampler`` takes (the attribute of the module inside a DDP wrapper)."""
-    return getattr(sampler, "min_frames", None) or sampler.module.min_frames
