@@ -7,7 +7,8 @@ function with ``scaled_dot_product_attention`` on the same ``nn.MultiheadAttenti
 (``att``: state dicts and checkpoints unchanged). Why not a subclass of
 SpeechBrain's module that asks for no weights: handed three tensors,
 ``nn.MultiheadAttention`` projects query, key and value separately and feeds
-the kernel a strided layout, 1.8x slower per call on a CPU (benchmarks/README.md).
+the kernel a strided layout: 1.1 to 2.2x slower per call, up to 12 % on the
+whole release-size model on a CPU (``benchmarks/attention.py``, benchmarks/README.md).
 
 Example
 -------
