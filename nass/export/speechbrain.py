@@ -23,7 +23,6 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 
 from nass.export import ExportError, check_writable
-from nass.hparams import load_model_hparams
 from nass.model.checkpoints import read_meta
 from nass.model.loading import FACTS_KEY, HPARAMS_FILE, MODULE_NAMES, load_trained
 
@@ -67,8 +66,7 @@ def export_pretrained(hparams_file, checkpoint, out_dir, overrides=None, overwri
     out_dir = Path(out_dir)
     names = [HPARAMS_FILE, README_FILE] + [f"{n}.ckpt" for n in MODULE_NAMES]
     check_writable(out_dir, names, overwrite)
-    model, sample_rate, ckpt = load_trained(hparams_file, checkpoint, overrides)
-    hparams = load_model_hparams(hparams_file, overrides)
+    model, sample_rate, ckpt, hparams = load_trained(hparams_file, checkpoint, overrides)
     card = model_card_hparams(hparams_file, overrides, sample_rate, model.outputs)
     if test_results is None:
         test_results = ckpt.parent.parent / "test_results.csv"

@@ -30,8 +30,8 @@ MODULE_NAMES = ("encoder", "masknet", "decoder")
 # Where a nass-exported hyperparams.yaml keeps what SpeechBrain does not know.
 FACTS_KEY = "nass"
 
-TrainedModel = namedtuple("TrainedModel", "model sample_rate checkpoint")
-TrainedModel.__doc__ = """A separator with its weights, the rate it was trained at, and where the weights came from."""
+TrainedModel = namedtuple("TrainedModel", "model sample_rate checkpoint hparams")
+TrainedModel.__doc__ = """A separator with its weights, its rate, where the weights came from, and the loaded hparams."""
 
 
 def recipe_hparams():
@@ -59,7 +59,7 @@ def load_trained(hparams_file, checkpoint, overrides=None):
     hparams = load_model_hparams(hparams_file, overrides)
     model = hparams["separator"]
     _load_weights(model, ckpt, str(hparams_file))
-    return TrainedModel(model, int(hparams["sample_rate"]), ckpt)
+    return TrainedModel(model, int(hparams["sample_rate"]), ckpt, hparams)
 
 
 def load_pretrained(folder):
@@ -85,7 +85,7 @@ def load_pretrained(folder):
     model = NoiseAwareSeparator(modules["encoder"], modules["masknet"], modules["decoder"],
                                 outputs)
     _load_weights(model, folder, str(hparams_path))
-    return TrainedModel(model, int(hparams["sample_rate"]), folder)
+    return TrainedModel(model, int(hparams["sample_rate"]), folder, hparams)
 
 
 def read_outputs(hparams, source):
