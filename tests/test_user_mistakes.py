@@ -57,6 +57,8 @@ def recipe_mistakes(tmp, libri2mix, libri3mix):
             "s3: this corpus has more speakers than the 2"),
         "fp16 on a CPU": ([HPARAMS, *data, *TINY_ARGS, "--precision", "fp16", "--device", "cpu"],
                           "precision fp16 needs a CUDA device"),
+        "tf32 on a CPU": ([HPARAMS, *data, *TINY_ARGS, "--precision", "tf32", "--device", "cpu"],
+                          "--precision tf32: precision tf32 needs a CUDA device (device is cpu)"),
     }
 
 
