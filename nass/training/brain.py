@@ -9,7 +9,8 @@ The recipes' ``train.py`` only load the hparams, prepare the data and call
   losses skip the step (counted and logged). The log shows each epoch the
   PCL term relative to chance (``pcl_vs_chance``, 1.00 = the embeddings tell
   nothing apart) and, every ``pcl_grad_every`` steps, how strongly PCL
-  pulls on the mask network (``pcl_grad_share``).
+  pulls on the mask network (``pcl_grad_share``; samples with non-finite
+  gradients left out and counted as ``pcl_grad_share_skipped``).
 * VALID/TEST: the noise output is assigned as in training and dropped; the
   stage's ``si-snr`` is the negative SI-SNR of the speakers (PIT over C),
   the key checkpoints are kept by.
@@ -60,6 +61,7 @@ class SeparationBrain(sb.Brain):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skipped_steps = 0
+        self._pcl_grad_share_skipped = 0
         self._terms = {}
 
     @property
@@ -191,7 +193,8 @@ class SeparationBrain(sb.Brain):
         Two extra backward passes through the kept graph (hence only every
         ``pcl_grad_every`` steps); both terms are scaled alike, so the ratio
         is that of the unscaled gradients, and gradients are not accumulated
-        into ``.grad``.
+        into ``.grad``. A sample whose gradients are not finite is left out
+        and counted (``pcl_grad_share_skipped``).
         """
         params = [p for p in self.separator_module.masknet.parameters() if p.requires_grad]
         norms = {}
@@ -199,6 +202,12 @@ class SeparationBrain(sb.Brain):
             term = self.scaler.scale(terms[name][keep].float().mean())
             grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
             norms[name] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+        if not all(bool(torch.isfinite(norm)) for norm in norms.values()):
+            # An overflow fp16's GradScaler will skip the step for: no ratio to average.
+            self._pcl_grad_share_skipped += 1
+            logger.info("step %d: pcl_grad_share not sampled (non-finite gradients); %d "
+                        "sample(s) left out this epoch", self.step, self._pcl_grad_share_skipped)
+            return
         share = (norms["pcl"] / norms["separation"].clamp(min=1e-30)).item()
         logger.info("step %d: pcl_grad_share %.4g (|grad pcl| / |grad separation| at the "
                     "mask network)", self.step, share)
@@ -218,6 +227,7 @@ class SeparationBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._terms = {}
             self.skipped_steps = 0
+            self._pcl_grad_share_skipped = 0
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, anneals the learning rate and keeps the best checkpoint.
@@ -237,6 +247,8 @@ class SeparationBrain(sb.Brain):
                 stats["pcl_vs_chance"] = means["pcl"] / means["pcl_chance"]
             if "pcl_grad_share" in means:
                 stats["pcl_grad_share"] = means["pcl_grad_share"]
+            if "pcl_grad_share" in means or self._pcl_grad_share_skipped:
+                stats["pcl_grad_share_skipped"] = self._pcl_grad_share_skipped
             stats["skipped_steps"] = self.skipped_steps
             self.train_stats = stats
             return
