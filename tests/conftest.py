@@ -22,6 +22,10 @@ TINY_SEPFORMER = TINY_ARGS + [
     "--pcl_proj_dim", "16", "--pcl_num_patches", "16", "--training_signal_len", "4000",
     "--N_epochs", "1",
 ]
+# Tests compare recipe runs and SpeechBrain loaders with references computed on the CPU, so
+# they run on the CPU whatever the machine has: SpeechBrain picks CUDA when there is one.
+# (The GPU's own checks are tests/test_gpu.py.)
+ON_CPU = ["--device", "cpu"]
 TINY_DPRNN = [
     "--N_encoder_out", "16", "--out_channels", "16", "--rnn_hidden", "8",
     "--num_dual_path_layers", "1", "--chunk_size", "20",
@@ -111,8 +115,8 @@ def whamr_corpus(tmp_path_factory):
 
 
 def recipe_command(recipe, hparams, data_folder, output_folder, *extra):
-    """The argv of ``python train.py hparams ...`` run with this interpreter."""
+    """The argv of ``python train.py hparams ...`` run with this interpreter, on the CPU."""
     return [
         sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / hparams),
-        "--data_folder", str(data_folder), "--output_folder", str(output_folder), *extra,
+        "--data_folder", str(data_folder), "--output_folder", str(output_folder), *ON_CPU, *extra,
     ]
