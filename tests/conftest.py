@@ -66,6 +66,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def tf32_flags():
+    """PyTorch's TF32 flags (matmul, cuDNN) as ``import speechbrain`` leaves them (on); restored after."""
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = [flag.allow_tf32 for flag in flags]
+    for flag in flags:
+        flag.allow_tf32 = True
+    yield flags
+    for flag, value in zip(flags, saved):
+        flag.allow_tf32 = value
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """A save/ folder holding one random tiny-model checkpoint (2 speakers + noise)."""

@@ -133,18 +133,6 @@ def test_tf32_on_a_cpu_is_refused_in_one_line(tmp_path, capsys):
         "cpu); use fp32"]
 
 
-@pytest.fixture
-def tf32_flags():
-    """PyTorch's TF32 flags as ``import speechbrain`` leaves them (on), restored afterwards."""
-    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
-    saved = [flag.allow_tf32 for flag in flags]
-    for flag in flags:
-        flag.allow_tf32 = True
-    yield flags
-    for flag, value in zip(flags, saved):
-        flag.allow_tf32 = value
-
-
 def test_tf32_runs_only_when_asked_for_on_cuda(tf32_flags):
     # Flags only: setting them needs no GPU; tests/test_gpu.py measures what they do on one.
     for precision, on in (("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)):

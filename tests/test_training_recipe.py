@@ -14,7 +14,8 @@ import soundfile as sf
 import torch
 import yaml
 
-from conftest import LIBRIMIX_RECIPE, ON_CPU, REPO, TINY, TINY_DPRNN, TINY_SEPFORMER, recipe_command
+from conftest import (LIBRIMIX_RECIPE, ON_CPU, REPO, TINY, TINY_ARGS, TINY_DPRNN, TINY_SEPFORMER,
+                      recipe_command)
 from nass.model.checkpoints import CheckpointMismatchError, NoCheckpointError, checkpoint_problems
 from nass.data.dynamic_mixing import DynamicMixer
 from nass.data.synthetic import make_custom, make_librispeech_like, make_noise_folder
@@ -212,6 +213,21 @@ def test_fp16_on_cpu_is_a_clear_error(libri2mix, tmp_path):
     with pytest.raises(ValueError, match="precision fp16 needs a CUDA device"):
         run_recipe("sepformer-libri2mix.yaml", libri2mix, tmp_path / "fp16", "--precision", "fp16",
                    "--device", "cpu")
+
+
+def test_tf32_runs_as_speechbrains_fp32_with_tf32_on(tmp_path, tf32_flags):
+    from nass.training import recipe
+
+    # Flags only (setting them needs no GPU): tests/test_gpu.py trains in tf32 on one.
+    args = [SEPFORMER, "--data_folder", str(tmp_path), "--output_folder", str(tmp_path / "out"),
+            *TINY_ARGS, "--device", "cuda:0"]
+    for precision, tf32 in (("tf32", True), ("fp32", False), ("bf16", False)):
+        _, run_opts, _, hparams = parse_arguments(args + [f"--precision={precision}"])
+        assert run_opts.precision == precision
+        given = recipe._set_precision(hparams, run_opts)
+        assert given.precision == ("fp32" if precision == "tf32" else precision)
+        assert "precision" in given.overridden_args   # over the hparams' precision, as given
+        assert [flag.allow_tf32 for flag in tf32_flags] == [tf32, tf32], precision
 
 
 def _fingerprint(signal):
