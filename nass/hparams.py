@@ -61,6 +61,66 @@ class OverrideError(ValueError):
     """An override that the hparams file cannot take."""
 
 
+class UntrustedHparamsError(ValueError):
+    """A model folder's hparams file that would run code other than a model's constructors."""
+
+
+# What a model folder's hparams file may build: objects and functions of these
+# packages. Building a HyperPyYAML file calls what its tags name, so a tag
+# naming anything else (os.system, subprocess.run, builtins.eval) is refused
+# before anything is built. Functions inside these packages are not checked.
+TRUSTED_PACKAGES = ("torch", "speechbrain", "nass")
+# Tags that build nothing by themselves (references, copies, tuples, unset values).
+_INERT_TAGS = ("!ref", "!copy", "!tuple", "!PLACEHOLDER")
+_CALLING_TAGS = ("!new:", "!name:", "!module:", "!apply:")
+
+
+class _TagLoader(yaml.SafeLoader):
+    """Reads HyperPyYAML as plain YAML, keeping ``(line, tag)`` of every tagged value."""
+
+
+def _record_tag(loader, suffix, node):
+    loader.tags.append((node.start_mark.line + 1, node.tag))
+
+
+_TagLoader.add_multi_constructor("!", _record_tag)
+# YAML's own Python tags (!!python/object/apply:os.system), which HyperPyYAML's loader builds.
+_TagLoader.add_multi_constructor("tag:yaml.org,2002:python/", _record_tag)
+
+
+def check_constructors(text, source):
+    """Raises :class:`UntrustedHparamsError` naming the first tag of ``text`` that could run other code.
+
+    >>> check_constructors("enc: !new:speechbrain.lobes.models.dual_path.Encoder\\n", "h.yaml")
+    >>> check_constructors("a: 1\\nb: !apply:os.system [touch x]\\n", "h.yaml")
+    Traceback (most recent call last):
+    ...
+    nass.hparams.UntrustedHparamsError: h.yaml, line 2: !apply:os.system would run code that is not a constructor of torch, speechbrain or nass; refused (if you wrote this file yourself, pass --trust-hparams / trust_hparams=True)
+    """
+    loader = _TagLoader(text)
+    loader.tags = []
+    try:
+        loader.get_single_data()
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UntrustedHparamsError(f"{source} is not a YAML hparams file: cannot parse "
+                                    f"it{line}") from None
+    finally:
+        loader.dispose()
+    for line, tag in loader.tags:
+        if tag in _INERT_TAGS:
+            continue
+        kind = next((k for k in _CALLING_TAGS if tag.startswith(k)), None)
+        if kind is not None and tag[len(kind):].split(".")[0] in TRUSTED_PACKAGES:
+            continue
+        raise UntrustedHparamsError(
+            f"{source}, line {line}: {tag} would run code that is not a constructor of "
+            f"{', '.join(TRUSTED_PACKAGES[:-1])} or {TRUSTED_PACKAGES[-1]}; refused (if you "
+            f"wrote this file yourself, pass --trust-hparams / trust_hparams=True)"
+        )
+
+
 class _PlainLoader(yaml.SafeLoader):
     """Reads HyperPyYAML as plain YAML: tagged values (``!new:``, ``!ref``...) become None."""
 

@@ -42,5 +42,5 @@ def _load(args, overrides):
         if overrides:
             raise ExportError(f"hparams overrides ({', '.join('--' + k for k in overrides)}) "
                               f"need --hparams; a pretrained-model folder describes itself")
-        return load_pretrained(args.checkpoint)
+        return load_pretrained(args.checkpoint, trust_hparams=args.trust_hparams)
     return load_trained(args.hparams, args.checkpoint, overrides)

@@ -31,6 +31,10 @@ def build_parser():
                                    "(the one of best validation SI-SNR is used); without "
                                    "--hparams, a SpeechBrain pretrained-model folder "
                                    "(nass export's, or a hub model's)"),
+        separate.add_argument("--trust-hparams", action="store_true",
+                              help="build a pretrained-model folder's hyperparams.yaml even if "
+                                   "it names code other than constructors of torch, "
+                                   "speechbrain and nass (only for folders you wrote yourself)"),
         separate.add_argument("--onnx", metavar="MODEL.onnx",
                               help="run a model written by nass export --format onnx with "
                                    "ONNX Runtime (CPU) instead"),
@@ -87,6 +91,10 @@ def build_parser():
                                  "as --checkpoint without it)"),
         export.add_argument("--checkpoint", metavar="CKPT",
                             help="a CKPT+... folder, or a save/ folder (its best checkpoint)"),
+        export.add_argument("--trust-hparams", action="store_true",
+                            help="build a pretrained-model folder's hyperparams.yaml even if it "
+                                 "names code other than constructors of torch, speechbrain and "
+                                 "nass (only for folders you wrote yourself)"),
         export.add_argument("--out-dir", required=True, metavar="DIR", help="the folder to write"),
         export.add_argument("--format", choices=["speechbrain", "onnx"], default="speechbrain",
                             help="speechbrain (default): a pretrained-model folder; onnx: "

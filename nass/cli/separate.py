@@ -114,5 +114,6 @@ def load_separator(args, overrides, **options):
         if overrides:
             raise ValueError(f"hparams overrides ({', '.join('--' + k for k in overrides)}) "
                              f"need --hparams; a pretrained-model folder describes itself")
-        return Separator.from_pretrained(args.checkpoint, **options)
+        return Separator.from_pretrained(args.checkpoint, trust_hparams=args.trust_hparams,
+                                         **options)
     return Separator.from_hparams(args.hparams, args.checkpoint, overrides=overrides, **options)

@@ -113,7 +113,9 @@ def checkpoint_problems(ckpt_dir, names):
     """Why ``ckpt_dir`` cannot be resumed from: missing, empty or unreadable files.
 
     SpeechBrain writes ``CKPT.yaml`` before the recoverables, so a run killed
-    while saving leaves a folder that looks complete but is not.
+    while saving leaves a folder that looks complete but is not. Tensor files
+    are read with ``weights_only=True``: a pickle that would run code (or
+    build anything but tensors and plain containers) counts as unreadable.
     """
     problems = []
     for name in names:
@@ -126,9 +128,10 @@ def checkpoint_problems(ckpt_dir, names):
                 if yaml.safe_load(path.read_text()) is None:
                     problems.append(f"{path.name} is blank")
             else:
-                torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # truncated zip, bad yaml...: all mean "not usable"
-            problems.append(f"{path.name} unreadable: corrupt or cut short ({type(err).__name__})")
+                load_state(path)
+        except Exception as err:  # truncated zip, bad yaml, code in a pickle...: all "not usable"
+            problems.append(f"{path.name} unreadable: corrupt, cut short or not plain weights "
+                            f"({type(err).__name__})")
     return problems
 
 
@@ -148,7 +151,7 @@ def set_aside_incomplete(folder, names):
 
 
 def load_state(path):
-    """A state dict from ``path``, on the CPU."""
+    """A state dict from ``path``, on the CPU; nothing in the file is run (``weights_only``)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -199,7 +202,8 @@ def check_fit(modules, ckpt_dir, hparams_name="the hparams"):
     if corrupt:
         raise CorruptCheckpointError(
             f"checkpoint {ckpt_dir} is corrupt: {', '.join(corrupt)} cannot be read as a PyTorch "
-            f"state dict (cut short or overwritten?); use another checkpoint"
+            f"state dict of plain weights (cut short, overwritten, or a pickle that would run "
+            f"code?); use another checkpoint"
         )
     if problems:
         raise CheckpointMismatchError(
