@@ -119,7 +119,9 @@ def build_parser():
     plot.add_argument("--prefix", help="where nass separate wrote the outputs, e.g. out/talk "
                                        "(default: the mixture's path without extension)")
     plot.add_argument("-o", "--output", metavar="OUT.png",
-                      help="the PNG to write (default: <mixture>_spectrograms.png)")
+                      help="the PNG to write (default: <mixture>_spectrograms.png); never one "
+                           "of the files plotted")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
 
     demo = commands.add_parser(
         "demo", help="train, evaluate and use a small model on data shipped with nass",
