@@ -12,6 +12,8 @@ never reads would otherwise surface as a deep error or as nothing at all.
   model: only the settings that ``separator``, ``sample_rate`` and
   ``outputs`` (or ``noise_assignment``) are built from (followed through
   ``!ref``) change what ``nass separate`` does;
+* a value out of its setting's range (``--batch_size 0``, ``--lr -1``,
+  ``--N_epochs 1.5``; :data:`SETTING_RANGES`), given or in the file;
 * any override of the resolved copy SpeechBrain writes to
   ``<output_folder>/hyperparams.yaml``: its references are already filled
   in, so a new ``num_spks`` would not reach the model built from it.
@@ -59,6 +61,41 @@ _REF = re.compile(r"<([A-Za-z_]\w*)")
 
 class OverrideError(ValueError):
     """An override that the hparams file cannot take."""
+
+
+# The values the recipes' settings can take, checked before anything is built
+# or written: ``(whole number?, lowest, lowest allowed?)``. A value outside
+# them would fail deep in training, or run wrong without a word.
+_COUNT, _COUNT_OR_ZERO = (True, 1, True), (True, 0, True)
+_POSITIVE, _NOT_NEGATIVE = (False, 0, False), (False, 0, True)
+SETTING_RANGES = {
+    **dict.fromkeys(("N_epochs", "batch_size", "num_spks", "sample_rate", "training_signal_len",
+                     "dm_examples_per_epoch", "pcl_num_patches", "pcl_proj_dim",
+                     "pcl_frame_window", "N_encoder_out", "out_channels", "kernel_size",
+                     "kernel_stride", "intra_layers", "inter_layers", "nhead", "d_ffn",
+                     "chunk_size", "num_dual_path_layers", "rnn_hidden"), _COUNT),
+    **dict.fromkeys(("n_audio_to_save", "pcl_grad_every"), _COUNT_OR_ZERO),
+    **dict.fromkeys(("lr", "pcl_temperature"), _POSITIVE),
+    **dict.fromkeys(("pcl_weight", "max_grad_norm"), _NOT_NEGATIVE),
+}
+
+
+def range_problem(value, whole, lowest, inclusive):
+    """What is wrong with ``value`` for a setting of that range, or None.
+
+    >>> range_problem(1.5, *SETTING_RANGES["N_epochs"])
+    'must be a whole number >= 1'
+    >>> range_problem(-1, *SETTING_RANGES["lr"]), range_problem(0.1, *SETTING_RANGES["lr"])
+    ('must be a number > 0', None)
+    """
+    kind = "a whole number" if whole else "a number"
+    bound = f"{'>=' if inclusive else '>'} {lowest}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (whole and not isinstance(value, int)) or value != value:
+        return f"must be {kind} {bound}"
+    if value < lowest or (value == lowest and not inclusive):
+        return f"must be {kind} {bound}"
+    return None
 
 
 class UntrustedHparamsError(ValueError):
@@ -214,6 +251,15 @@ def check_overrides(overrides, text, source, purpose="training"):
             raise OverrideError(
                 f"--{key} expects {expected} ({source} has {settings[key]!r}), got {value!r}"
             )
+    for key, limits in SETTING_RANGES.items():
+        given = key in overrides
+        value = overrides[key] if given else settings.get(key)
+        if value is None:   # not a setting of this file, or one built by a tag
+            continue
+        problem = range_problem(value, *limits)
+        if problem:
+            where = f"--{key}" if given else f"{source}: {key}"
+            raise OverrideError(f"{where} {problem}, got {value!r}")
 
 
 _ACCEPTS = {"True or False": {"True or False"}, "a number": {"a number"}}

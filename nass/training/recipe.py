@@ -49,6 +49,7 @@ from nass.model.checkpoints import (
 )
 from nass.data.prepare import DataFolderError, check_data_folder, prepare_layout
 from nass.training.initialisation import initialise_like_reference
+from nass.files import LockedError, hold_lock
 from nass.logs import quiet_torchvision_note
 from nass.hparams import OverrideError, check_overrides, plain_settings
 from nass.model.loading import layout_error, missing_files
@@ -67,6 +68,9 @@ USER_ERRORS = (RecipeError, OverrideError, DataFolderError, CheckpointMismatchEr
                NoCheckpointError)
 
 MODEL_RECOVERABLES = ("encoder", "masknet", "decoder", "patchsamplenet")
+# Held in the output folder for a run's length: a second run into the folder
+# would delete the first's checkpoints and write its epochs into the same log.
+RUN_LOCK = ".nass-run.lock"
 
 
 def _flag_options():
@@ -118,6 +122,7 @@ def parse_arguments(argv):
     and a ``!PLACEHOLDER`` left unset is named with the file's comment on it.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(normalise_flags(list(argv)))
+    overrides = last_of_each(overrides)
     try:
         with open(hparams_file, encoding="utf-8") as fin:
             text = fin.read()
@@ -138,6 +143,24 @@ def parse_arguments(argv):
             + (f" ({about})" if about else "")
         ) from None
     return hparams_file, run_opts, overrides, hparams
+
+
+def last_of_each(overrides):
+    """SpeechBrain's overrides (``key: value`` lines) with each key's last line only, as argparse
+    treats an option given twice; each repeated option is noted on stderr.
+
+    >>> last_of_each("N_epochs: 2\\nlr: 0.1\\nN_epochs: 5")
+    'lr: 0.1\\nN_epochs: 5'
+    """
+    lines = {}
+    for line in overrides.splitlines():
+        key = line.split(":", 1)[0]
+        if key in lines:
+            logger.warning("--%s is given more than once; the last, %s, is used", key,
+                           line.split(":", 1)[1].strip())
+            del lines[key]
+        lines[key] = line
+    return "\n".join(lines.values())
 
 
 def _comment_above(text, key):
@@ -218,10 +241,17 @@ def _run(hparams_file, run_opts, overrides, hparams):
     patch_sampler = _register_patch_sampler(hparams)
     test_only = run_option("test_only", run_opts, hparams)
     save_folder = Path(hparams["save_folder"])
+    output_folder = Path(hparams["output_folder"])
+    # A folder that exists is locked before its checkpoints are looked at (and
+    # incomplete ones set aside); a new one as it is made.
+    lock = _lock_output_folder(output_folder) if output_folder.is_dir() else None
     # Before anything is written: a checkpoint that does not fit refuses the run.
     # What nass logs meanwhile goes to the run's log.txt too, once that exists.
     with _held_back("nass") as held:
         evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
+    if lock is None:
+        output_folder.mkdir(parents=True, exist_ok=True)
+        lock = _lock_output_folder(output_folder)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -279,7 +309,22 @@ def _run(hparams_file, run_opts, overrides, hparams):
         # Leaving with the group alive lets gloo's threads abort the process at exit.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if lock is not None:
+        lock.close()
     return brain
+
+
+def _lock_output_folder(folder):
+    """The lock of ``folder`` held for this run (by the main process only, under torchrun)."""
+    if not if_main_process():
+        return None
+    try:
+        return hold_lock(folder / RUN_LOCK)
+    except LockedError as err:
+        raise RecipeError(
+            f"--output_folder {folder} is in use by another run ({err}); wait for it to "
+            f"finish, or give another --output_folder"
+        ) from None
 
 
 def start_from_pretrained(hparams, resuming):
