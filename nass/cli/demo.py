@@ -94,6 +94,16 @@ class DemoError(RuntimeError):
     """The demo cannot run here (e.g. its out_dir holds someone else's files)."""
 
 
+def _check_lengths(minutes, epochs):
+    """Refuses a training length that trains nothing, before anything is made."""
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or epochs < 1):
+        raise DemoError(f"--epochs must be a whole number >= 1, got {epochs!r}")
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
+            or not 0 < minutes < float("inf"):
+        raise DemoError(f"--minutes must be a number of minutes > 0, got {minutes!r}")
+
+
 def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False):
     """Builds the corpus, trains, evaluates, separates and plots, all under ``out_dir``.
 
@@ -117,6 +127,7 @@ def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False)
         Paths of what was made: ``corpus``, ``train``, ``results``, ``mixture``,
         ``outputs`` (list), ``figure``.
     """
+    _check_lengths(minutes, epochs)
     out_dir = claim_out_dir(out_dir)
     model = QUICK_MODEL if quick else MODEL
     corpus = build_corpus(out_dir / "data", seed=seed,

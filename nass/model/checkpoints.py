@@ -76,10 +76,7 @@ def checkpoint_to_evaluate(folder, min_key="si-snr"):
     """
     found = list_checkpoints(folder)
     if not found:
-        raise NoCheckpointError(
-            f"no checkpoint in {folder}: expected a CKPT+... folder with CKPT.yaml, or a "
-            f"folder holding such folders"
-        )
+        raise NoCheckpointError(f"no checkpoint in {folder}: {_where_checkpoints_are(folder)}")
     metas = {ckpt: read_meta(ckpt) for ckpt in found}
     scored = sorted(
         (c for c, m in metas.items() if isinstance(m.get(min_key), (int, float))),
@@ -107,6 +104,18 @@ def checkpoint_to_evaluate(folder, min_key="si-snr"):
     raise NoCheckpointError(
         f"no loadable checkpoint in {folder}: " + "; ".join(skipped)
     )
+
+
+def _where_checkpoints_are(path):
+    """The end of the message for ``path`` holding no checkpoint: where they may be instead."""
+    path = Path(path)
+    if path.is_file():
+        onnx = (f"; an ONNX model (nass export --format onnx) is given as --onnx {path}"
+                if path.suffix.lower() == ".onnx" else "")
+        return f"it is a file, not a folder{onnx}"
+    if list_checkpoints(path / "save"):
+        return f"it is a run's output folder; its checkpoints are in {path / 'save'}"
+    return "expected a CKPT+... folder with CKPT.yaml, or a folder holding such folders"
 
 
 def checkpoint_problems(ckpt_dir, names):
