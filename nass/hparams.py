@@ -117,7 +117,7 @@ class _TagLoader(yaml.SafeLoader):
 
 
 def _record_tag(loader, suffix, node):
-    loader.tags.append((node.start_mark.line + 1, node.tag))
+    loader.tags.append((node.start_mark.line + 1, node.tag.replace("tag:yaml.org,2002:", "!!")))
 
 
 _TagLoader.add_multi_constructor("!", _record_tag)
