@@ -162,6 +162,8 @@ def test_separate_file_reads_other_formats_and_rates(separator, tmp_path):
     (torch.zeros(4000), "silent"),
     (torch.full((10,), 0.1), "too short: 10 samples"),
     (torch.tensor([0.1, float("nan")] * 100), "NaN"),
+    (torch.stack([torch.full((4000,), 0.1), torch.full((4000,), -0.1)]),
+     "its 2 channels cancel out when averaged to mono"),
 ])
 def test_unusable_tensors_are_refused_with_the_reason(separator, signal, reason):
     with pytest.raises(AudioInputError, match=reason):

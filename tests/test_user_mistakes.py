@@ -199,6 +199,8 @@ def separate_mistakes(tmp):
             [*base, "--max-memory", "0.0001", str(talk)],
             "--max-memory) of 0.0001 GiB is too little for this model: its weights and the "
             "shortest window"),
+        "windows of 0 seconds": Mistake([*base, "--chunk-seconds", "0", str(talk)],
+                                        "--chunk-seconds must be a number > 0, got 0"),
         "checkpoint is an ONNX file": Mistake(
             ["separate", "--checkpoint", str(tmp / "model.onnx"), str(talk)],
             f"is given as --onnx {tmp / 'model.onnx'}"),
@@ -268,7 +270,7 @@ CASES = ["no data folder", "data folder above the corpus", "misspelt option",
          "exported hyperparams.yaml that runs code (python tag)",
          "out-dir is a file", "corrupt checkpoint", "hparams not YAML",
          "training option when separating", "two inputs, one output name",
-         "too little memory for a window", "checkpoint is an ONNX file",
+         "too little memory for a window", "windows of 0 seconds", "checkpoint is an ONNX file",
          "checkpoint is the run folder", "plot without its mixture", "plot onto its mixture",
          "plot onto a separated output", "plot over an existing file", "demo of 0 epochs",
          "demo of negative minutes", "ONNX export of a 0 s window"]

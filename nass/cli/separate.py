@@ -39,6 +39,12 @@ from nass.model.precision import PrecisionError
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
     give_back_large_blocks()  # this process's policy: window memory as nass.inference.memory estimates
+    for option, value, finite in (("--chunk-seconds", args.chunk_seconds, False),
+                                  ("--max-memory", args.max_memory, True)):
+        # Checked here to name the option: the API's message names its argument.
+        if value is not None and not (value > 0 and (not finite or value < float("inf"))):
+            report(f"{option} must be a number > 0, got {value:g}")
+            return EXIT_FAILED
     try:
         separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
                                    progress=sys.stderr.isatty(), max_memory=args.max_memory)

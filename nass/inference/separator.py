@@ -281,6 +281,7 @@ class Separator:
 
     @staticmethod
     def _mono(waveform):
+        channels = waveform
         if waveform.dim() == 2:
             if waveform.shape[0] > waveform.shape[1]:
                 raise AudioInputError(
@@ -298,6 +299,10 @@ class Separator:
         if not torch.isfinite(waveform).all():
             raise AudioInputError("contains NaN or infinite samples")
         if not waveform.any():
+            if channels.any():
+                raise AudioInputError(
+                    f"its {channels.shape[0]} channels cancel out when averaged to mono (one is "
+                    f"the other's negative): separate one channel, e.g. waveform[0]")
             raise AudioInputError("silent (all samples are zero): nothing to separate")
         return waveform
 
