@@ -225,6 +225,19 @@ def separate_mistakes(tmp):
         "demo of negative minutes": Mistake(
             ["demo", "--minutes", "-1", "--out-dir", str(tmp / "demo1")],
             "--minutes must be a number of minutes > 0, got -1", untouched=(tmp / "demo1",)),
+        "demo of a negative seed": Mistake(["demo", "--seed", "-1", "--out-dir", str(tmp / "demo2")],
+                                           "--seed must be a whole number >= 0, got -1",
+                                           untouched=(tmp / "demo2",)),
+        "plot of a file that is not audio": Mistake(
+            [*plot, str(tmp / "model.onnx"), "-o", str(tmp / "x.png")],
+            f"{tmp / 'model.onnx'}: cannot be read as audio", untouched=(tmp / "x.png",)),
+        "device that does not exist": Mistake([*base, "--device", "foo", str(talk)],
+                                              "device 'foo' is not a device: give cpu, cuda"),
+        "export with test results that are not there": Mistake(
+            ["export", "--hparams", HPARAMS, "--checkpoint", str(save), *TINY_ARGS,
+             "--test-results", str(tmp / "gone.csv"), "--out-dir", str(tmp / "exported")],
+            f"--test-results {tmp / 'gone.csv'} cannot be read as a test_results.csv",
+            untouched=(tmp / "exported",)),
         "ONNX export of a 0 s window": Mistake(
             ["export", "--format", "onnx", "--hparams", HPARAMS, "--checkpoint", str(save),
              *TINY_ARGS, "--window-seconds", "0", "--out-dir", str(tmp / "onnx")],
@@ -273,7 +286,9 @@ CASES = ["no data folder", "data folder above the corpus", "misspelt option",
          "too little memory for a window", "windows of 0 seconds", "checkpoint is an ONNX file",
          "checkpoint is the run folder", "plot without its mixture", "plot onto its mixture",
          "plot onto a separated output", "plot over an existing file", "demo of 0 epochs",
-         "demo of negative minutes", "ONNX export of a 0 s window"]
+         "demo of negative minutes", "demo of a negative seed", "plot of a file that is not audio",
+         "device that does not exist", "export with test results that are not there",
+         "ONNX export of a 0 s window"]
 
 
 @pytest.mark.parametrize("case", CASES)

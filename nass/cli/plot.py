@@ -35,7 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import spectrogram
 
-from nass.audio import find_outputs, read_audio
+from nass.audio import AudioInputError, find_outputs, read_audio
 from nass.files import atomic_path
 from nass.cli import EXIT_FAILED, EXIT_OK, report
 
@@ -75,7 +75,10 @@ def plot_command(args):
         report(warning, command="plot", level="warning")
     try:
         plot_spectrograms(plotted, out_png)
-    except (OSError, RuntimeError, ValueError) as err:
+    except OSError as err:
+        report(f"cannot write {out_png} ({err.strerror or err})", command="plot")
+        return EXIT_FAILED
+    except (RuntimeError, ValueError) as err:
         report(str(err), command="plot")
         return EXIT_FAILED
     print(f"nass plot: wrote {out_png}")
@@ -149,7 +152,10 @@ def plot_spectrograms(paths, out_png, titles=None):
 
 def _spectrogram_db(path):
     """``(duration s, top frequency kHz, power dB [F, N])`` of a file, downmixed to mono."""
-    waveform, sample_rate = read_audio(path)
+    try:
+        waveform, sample_rate = read_audio(path)
+    except AudioInputError as err:
+        raise AudioInputError(f"{path}: {err}") from None
     duration = waveform.shape[1] / sample_rate
     signal = waveform.double().mean(dim=0).numpy()
     frame = max(16, round(FRAME_SECONDS * sample_rate))
