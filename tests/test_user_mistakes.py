@@ -176,8 +176,8 @@ def separate_mistakes(tmp):
         shutil.copy(talk, tmp / name)
     (tmp / "mine.png").write_bytes(b"mine")
     (tmp / "model.onnx").write_bytes(b"\x08\x07")
-    (tmp / "run").mkdir()
-    shutil.copytree(save, tmp / "run" / "save")
+    (tmp / "finished").mkdir()     # a run's output folder (the recipe's cases use tmp/run)
+    shutil.copytree(save, tmp / "finished" / "save")
     base = ["separate", "--hparams", HPARAMS, "--checkpoint", str(save), *TINY_ARGS]
     plot = ["plot", str(talk)]
     return {
@@ -205,8 +205,8 @@ def separate_mistakes(tmp):
             ["separate", "--checkpoint", str(tmp / "model.onnx"), str(talk)],
             f"is given as --onnx {tmp / 'model.onnx'}"),
         "checkpoint is the run folder": Mistake(
-            [*base[:4], str(tmp / "run"), *TINY_ARGS, str(talk)],
-            f"its checkpoints are in {tmp / 'run' / 'save'}"),
+            [*base[:4], str(tmp / "finished"), *TINY_ARGS, str(talk)],
+            f"its checkpoints are in {tmp / 'finished' / 'save'}"),
         "plot without its mixture": Mistake(["plot", str(tmp / "gone.wav")],
                                             f"no such mixture file: {tmp / 'gone.wav'}"),
         "plot onto its mixture": Mistake([*plot, "-o", str(talk)],
