@@ -341,3 +341,27 @@ def test_ctrl_c_stops_cleanly_and_says_what_was_kept(libri2mix, tmp_path):
         f"resume from it (the epoch in progress restarts)")
     assert "Traceback" not in stdout + stderr
     assert "torchvision" not in stdout + stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_separate_is_one_line_and_leaves_no_output(tmp_path):
+    save = tmp_path / "save"
+    model = load_model(LIBRIMIX_HPARAMS, TINY)
+    Checkpointer(save, {"encoder": model.encoder, "masknet": model.masknet,
+                        "decoder": model.decoder}).save_checkpoint(meta={"si-snr": -1.0})
+    long = tmp_path / "long.wav"   # minutes of windows: still separating when Ctrl-C comes
+    sf.write(long, 0.1 * np.sin(np.arange(8000 * 600) * 0.05), 8000)
+    argv = NASS + ["separate", "--hparams", HPARAMS, "--checkpoint", str(save), *TINY_ARGS,
+                   "--chunk-seconds", "1", str(long)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout.readline().startswith("nass separate: using checkpoint")
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.splitlines()[-1] == ("nass separate: error: interrupted; 0 of 1 input(s) "
+                                       "separated; the outputs of the input in progress were "
+                                       "removed")
+    assert "Traceback" not in stdout + stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav", "save"]
