@@ -108,6 +108,18 @@ def recipe_mistakes(tmp, libri2mix, libri3mix):
         "training crops of 0 samples": out_of_range("--training_signal_len", "0",
                                                     "must be a whole number >= 1"),
         "a fraction of an epoch": out_of_range("--N_epochs", "1.5", "must be a whole number >= 1"),
+        "baseline switch half given": Mistake([HPARAMS, *data, *TINY_ARGS, "--noise_output", "False"],
+                                              "pcl_weight > 0 needs noise_output: True"),
+        "noise assignment of another name": Mistake(
+            [HPARAMS, *data, *TINY_ARGS, "--noise_assignment", "last"],
+            "noise_assignment must be one of ('pit', 'fixed'), got 'last'"),
+        "device that does not exist": Mistake(
+            [HPARAMS, *data, *TINY_ARGS, "--device", "foo"],
+            "--device foo is not a device", untouched=(tmp / "run" / RUN_LOCK,)),
+        "output folder that is a file": Mistake(
+            [HPARAMS, "--data_folder", str(libri2mix), "--output_folder", str(tmp / "a_file"),
+             *TINY_ARGS], f"cannot create {tmp / 'a_file' / 'save'} (Not a directory); check "
+                          f"--output_folder"),
         "output folder in use by another run": Mistake(
             [HPARAMS, "--data_folder", str(libri2mix), "--output_folder", str(busy),
              *TINY_SEPFORMER],
@@ -231,7 +243,7 @@ def separate_mistakes(tmp):
         "plot of a file that is not audio": Mistake(
             [*plot, str(tmp / "model.onnx"), "-o", str(tmp / "x.png")],
             f"{tmp / 'model.onnx'}: cannot be read as audio", untouched=(tmp / "x.png",)),
-        "device that does not exist": Mistake([*base, "--device", "foo", str(talk)],
+        "separating on a device that does not exist": Mistake([*base, "--device", "foo", str(talk)],
                                               "device 'foo' is not a device: give cpu, cuda"),
         "export with test results that are not there": Mistake(
             ["export", "--hparams", HPARAMS, "--checkpoint", str(save), *TINY_ARGS,
@@ -278,7 +290,9 @@ CASES = ["no data folder", "data folder above the corpus", "misspelt option",
          "skip_prep csv naming a missing wav", "skip_prep csv lacking a column",
          "Libri3Mix with 2-speaker hparams", "fp16 on a CPU", "batch size 0",
          "negative learning rate", "negative PCL weight", "training crops of 0 samples",
-         "a fraction of an epoch", "output folder in use by another run",
+         "a fraction of an epoch", "baseline switch half given",
+         "noise assignment of another name", "device that does not exist",
+         "output folder that is a file", "output folder in use by another run",
          "recipe checkpoint that runs code", "exported hyperparams.yaml that runs code (apply)",
          "exported hyperparams.yaml that runs code (python tag)",
          "out-dir is a file", "corrupt checkpoint", "hparams not YAML",
@@ -287,7 +301,8 @@ CASES = ["no data folder", "data folder above the corpus", "misspelt option",
          "checkpoint is the run folder", "plot without its mixture", "plot onto its mixture",
          "plot onto a separated output", "plot over an existing file", "demo of 0 epochs",
          "demo of negative minutes", "demo of a negative seed", "plot of a file that is not audio",
-         "device that does not exist", "export with test results that are not there",
+         "separating on a device that does not exist",
+         "export with test results that are not there",
          "ONNX export of a 0 s window"]
 
 

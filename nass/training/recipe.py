@@ -132,10 +132,14 @@ def parse_arguments(argv):
     check_overrides(given, text, hparams_file)
     try:
         hparams = load_hyperpyyaml(text, overrides)
+    except OSError as err:   # the checkpointer makes <output_folder>/save as it is built
+        raise RecipeError(f"cannot create {err.filename} ({err.strerror}); check "
+                          f"--output_folder") from None
     except ValueError as err:
         unset = re.match(r"'(\w+)' is a !PLACEHOLDER", str(err))
         if unset is None:
-            raise
+            # nass's own constructors (outputs, objective) refuse settings that do not go together.
+            raise RecipeError(f"{hparams_file} with these options: {err}") from None
         key = unset.group(1)
         about = _comment_above(text, key)
         raise RecipeError(
@@ -244,11 +248,18 @@ def _run(hparams_file, run_opts, overrides, hparams):
     output_folder = Path(hparams["output_folder"])
     # A folder that exists is locked before its checkpoints are looked at (and
     # incomplete ones set aside); a new one as it is made.
+    new_lock = not (output_folder / RUN_LOCK).exists()
     lock = _lock_output_folder(output_folder) if output_folder.is_dir() else None
     # Before anything is written: a checkpoint that does not fit refuses the run.
     # What nass logs meanwhile goes to the run's log.txt too, once that exists.
-    with _held_back("nass") as held:
-        evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
+    try:
+        with _held_back("nass") as held:
+            evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
+    except BaseException:
+        if lock is not None and new_lock:    # a refused run leaves no file of its own
+            lock.close()
+            (output_folder / RUN_LOCK).unlink()
+        raise
     if lock is None:
         output_folder.mkdir(parents=True, exist_ok=True)
         lock = _lock_output_folder(output_folder)
@@ -432,6 +443,10 @@ def _check_options(hparams, run_opts):
     device = run_option("device", run_opts, hparams) or (
         "cuda:0" if torch.cuda.is_available() else "cpu"
     )
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise RecipeError(f"--device {device} is not a device: give cpu, cuda or cuda:N") from None
     try:
         precision_dtype(precision, device, training=True)
     except PrecisionError as err:
