@@ -109,7 +109,7 @@ def _separate_each(separator, plan, args, done):
             sources = separator.separate_tensor(waveform, sample_rate,
                                                 noise_output=args.noise_output)
             for name, target in paths.items():
-                # Only after every source is written does the input count as done.
+                # Listed before it is written: Ctrl-C during the write removes it too.
                 written.append(target)
                 save_sources({name: sources[name]}, sample_rate, {name: target},
                              overwrite=args.overwrite, normalize=args.normalize)
@@ -125,7 +125,7 @@ def _separate_each(separator, plan, args, done):
         else:
             done.append(path)
             if args.overwrite:
-                _remove_stale_outputs(path, paths, args.out_dir)
+                _remove_stale_outputs(path, paths)
             if sources.report["close"]:
                 noise = sources.report["outputs"]["noise"]
                 scores = ", ".join(f"{v:.2f}" for v in sources.report["noise_scores"])
@@ -136,7 +136,7 @@ def _separate_each(separator, plan, args, done):
     return failed
 
 
-def _remove_stale_outputs(path, paths, out_dir):
+def _remove_stale_outputs(path, paths):
     """Removes ``<stem>_spk*.wav`` / ``<stem>_noise.wav`` beside ``paths`` that this run did not write."""
     prefix = next(iter(paths.values())).parent / Path(path).stem
     for stale in find_outputs(path, prefix):
