@@ -51,8 +51,12 @@ class RunsCode:
 
 def recipe_mistakes(tmp, libri2mix, libri3mix):
     """``{case: Mistake}`` for ``train.py``."""
-    out = str(tmp / "run")
-    data = ["--data_folder", str(libri2mix), "--output_folder", out]
+    # Each case its own output folder: a run locks its folder, and the cases run at once.
+    folders = iter(tmp / f"run{k}" for k in range(100))
+
+    def data():
+        return ["--data_folder", str(libri2mix), "--output_folder", str(next(folders))]
+
     # A csv naming a wav that is gone, trusted with --skip_prep True.
     corpus = tmp / "Libri2Mix"
     shutil.copytree(libri2mix, corpus)
@@ -82,13 +86,16 @@ def recipe_mistakes(tmp, libri2mix, libri3mix):
     return {
         "no data folder": Mistake([HPARAMS], "--data_folder is required"),
         "data folder above the corpus": Mistake(
-            [HPARAMS, "--data_folder", str(libri2mix.parent), "--output_folder", out, *TINY_ARGS],
+            [HPARAMS, "--data_folder", str(libri2mix.parent), "--output_folder", str(next(folders)),
+             *TINY_ARGS],
             f"did you mean --data_folder {libri2mix}"),
-        "misspelt option": Mistake([HPARAMS, *data, "--N_epoch", "3"], "did you mean --N_epochs?"),
-        "value of the wrong kind": Mistake([HPARAMS, *data, "--batch_size", "abc"],
+        "misspelt option": Mistake([HPARAMS, *data(), "--N_epoch", "3"], "did you mean --N_epochs?"),
+        "value of the wrong kind": Mistake([HPARAMS, *data(), "--batch_size", "abc"],
                                            "--batch_size expects a number"),
-        "test_only without a checkpoint": Mistake([HPARAMS, *data, *TINY_ARGS, "--test_only", "True"],
-                                                  f"{out}/save holds no CKPT"),
+        "test_only without a checkpoint": Mistake(
+            [HPARAMS, "--data_folder", str(libri2mix), "--output_folder", str(tmp / "untrained"),
+             *TINY_ARGS, "--test_only", "True"], f"{tmp / 'untrained'}/save holds no CKPT",
+            untouched=(tmp / "untrained" / RUN_LOCK,)),
         "skip_prep csv naming a missing wav": Mistake(
             [HPARAMS, "--data_folder", str(corpus), "--output_folder", str(tmp / "prepared"),
              *TINY_SEPFORMER, "--skip_prep", "True"],
@@ -98,9 +105,10 @@ def recipe_mistakes(tmp, libri2mix, libri3mix):
              *TINY_SEPFORMER, "--skip_prep", "True"],
             "train.csv: no s2_wav column(s)", untouched=(tmp / "columns" / "train_log.txt",)),
         "Libri3Mix with 2-speaker hparams": Mistake(
-            [HPARAMS, "--data_folder", str(libri3mix), "--output_folder", out, *TINY_ARGS],
+            [HPARAMS, "--data_folder", str(libri3mix), "--output_folder", str(next(folders)),
+             *TINY_ARGS],
             "s3: this corpus has more speakers than the 2"),
-        "fp16 on a CPU": Mistake([HPARAMS, *data, *TINY_ARGS, "--precision", "fp16", "--device", "cpu"],
+        "fp16 on a CPU": Mistake([HPARAMS, *data(), *TINY_ARGS, "--precision", "fp16", "--device", "cpu"],
                                  "precision fp16 needs a CUDA device"),
         "batch size 0": out_of_range("--batch_size", "0", "must be a whole number >= 1"),
         "negative learning rate": out_of_range("--lr", "-1", "must be a number > 0"),
@@ -108,14 +116,13 @@ def recipe_mistakes(tmp, libri2mix, libri3mix):
         "training crops of 0 samples": out_of_range("--training_signal_len", "0",
                                                     "must be a whole number >= 1"),
         "a fraction of an epoch": out_of_range("--N_epochs", "1.5", "must be a whole number >= 1"),
-        "baseline switch half given": Mistake([HPARAMS, *data, *TINY_ARGS, "--noise_output", "False"],
+        "baseline switch half given": Mistake([HPARAMS, *data(), *TINY_ARGS, "--noise_output", "False"],
                                               "pcl_weight > 0 needs noise_output: True"),
         "noise assignment of another name": Mistake(
-            [HPARAMS, *data, *TINY_ARGS, "--noise_assignment", "last"],
+            [HPARAMS, *data(), *TINY_ARGS, "--noise_assignment", "last"],
             "noise_assignment must be one of ('pit', 'fixed'), got 'last'"),
         "device that does not exist": Mistake(
-            [HPARAMS, *data, *TINY_ARGS, "--device", "foo"],
-            "--device foo is not a device", untouched=(tmp / "run" / RUN_LOCK,)),
+            [HPARAMS, *data(), *TINY_ARGS, "--device", "foo"], "--device foo is not a device"),
         "output folder that is a file": Mistake(
             [HPARAMS, "--data_folder", str(libri2mix), "--output_folder", str(tmp / "a_file"),
              *TINY_ARGS], f"cannot create {tmp / 'a_file' / 'save'} (Not a directory); check "
@@ -188,7 +195,7 @@ def separate_mistakes(tmp):
         shutil.copy(talk, tmp / name)
     (tmp / "mine.png").write_bytes(b"mine")
     (tmp / "model.onnx").write_bytes(b"\x08\x07")
-    (tmp / "finished").mkdir()     # a run's output folder (the recipe's cases use tmp/run)
+    (tmp / "finished").mkdir()     # a run's output folder
     shutil.copytree(save, tmp / "finished" / "save")
     base = ["separate", "--hparams", HPARAMS, "--checkpoint", str(save), *TINY_ARGS]
     plot = ["plot", str(talk)]
