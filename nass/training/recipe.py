@@ -134,12 +134,13 @@ def parse_arguments(argv):
         hparams = load_hyperpyyaml(text, overrides)
     except OSError as err:   # the checkpointer makes <output_folder>/save as it is built
         raise RecipeError(f"cannot create {err.filename} ({err.strerror}); check "
-                          f"--output_folder") from None
+                          f"--output_folder") from err
     except ValueError as err:
         unset = re.match(r"'(\w+)' is a !PLACEHOLDER", str(err))
         if unset is None:
             # nass's own constructors (outputs, objective) refuse settings that do not go together.
-            raise RecipeError(f"{hparams_file} with these options: {err}") from None
+            # NASS_DEBUG's traceback keeps where the constructor refused (from err).
+            raise RecipeError(f"{hparams_file} with these options: {err}") from err
         key = unset.group(1)
         about = _comment_above(text, key)
         raise RecipeError(
