@@ -2,9 +2,9 @@
 
 Each command is a module here that reports what the library decides: a
 user's mistake is one line on stderr and exit status 1, without a traceback
-(``NASS_DEBUG=1`` shows it); Ctrl-C is one line and exit status 130. Options the commands do not know (``--num_spks
-3``) are HyperPyYAML overrides of the hparams file, as on a recipe's command
-line (:func:`split_overrides`).
+(``NASS_DEBUG=1`` shows it); Ctrl-C is one line and exit status 130. Options
+the commands do not know (``--num_spks 3``) are HyperPyYAML overrides of the
+hparams file, as on a recipe's command line (:func:`split_overrides`).
 
 Example
 -------
