@@ -75,8 +75,9 @@ SETTING_RANGES = {
                      "kernel_stride", "intra_layers", "inter_layers", "nhead", "d_ffn",
                      "chunk_size", "num_dual_path_layers", "rnn_hidden"), _COUNT),
     **dict.fromkeys(("n_audio_to_save", "pcl_grad_every"), _COUNT_OR_ZERO),
-    **dict.fromkeys(("lr", "pcl_temperature"), _POSITIVE),
-    **dict.fromkeys(("pcl_weight", "max_grad_norm"), _NOT_NEGATIVE),
+    # lr 0 is a run that evaluates a pretrained_separator through training unchanged.
+    **dict.fromkeys(("pcl_temperature",), _POSITIVE),
+    **dict.fromkeys(("lr", "pcl_weight", "max_grad_norm"), _NOT_NEGATIVE),
 }
 
 
@@ -85,7 +86,7 @@ def range_problem(value, whole, lowest, inclusive):
 
     >>> range_problem(1.5, *SETTING_RANGES["N_epochs"])
     'must be a whole number >= 1'
-    >>> range_problem(-1, *SETTING_RANGES["lr"]), range_problem(0.1, *SETTING_RANGES["lr"])
+    >>> range_problem(0, *SETTING_RANGES["pcl_temperature"]), range_problem(0, *SETTING_RANGES["lr"])
     ('must be a number > 0', None)
     """
     kind = "a whole number" if whole else "a number"

@@ -111,7 +111,7 @@ def recipe_mistakes(tmp, libri2mix, libri3mix):
         "fp16 on a CPU": Mistake([HPARAMS, *data(), *TINY_ARGS, "--precision", "fp16", "--device", "cpu"],
                                  "precision fp16 needs a CUDA device"),
         "batch size 0": out_of_range("--batch_size", "0", "must be a whole number >= 1"),
-        "negative learning rate": out_of_range("--lr", "-1", "must be a number > 0"),
+        "negative learning rate": out_of_range("--lr", "-1", "must be a number >= 0"),
         "negative PCL weight": out_of_range("--pcl_weight", "-5", "must be a number >= 0"),
         "training crops of 0 samples": out_of_range("--training_signal_len", "0",
                                                     "must be a whole number >= 1"),
