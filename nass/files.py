@@ -4,7 +4,8 @@ Every file nass writes for a user (separated audio, their ``_sources.json``,
 the recipes' csvs, exported models) is written to a hidden
 ``.<name>.<random>.part`` file beside it and renamed over the final name when
 complete; parts left by a killed run are removed when the same file is
-written again.
+written again. :func:`hold_lock` keeps two processes out of one folder; the
+system releases it when its holder ends, killed or not.
 
 Example
 -------
@@ -16,6 +17,7 @@ Example
 """
 
 import contextlib
+import fcntl
 import glob
 import os
 import secrets
@@ -41,3 +43,28 @@ def write_text(path, text):
     """Writes ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as partial:
         partial.write_text(text, encoding="utf-8")
+
+
+class LockedError(OSError):
+    """A lock that another process holds; the message gives its process id."""
+
+
+def hold_lock(path):
+    """Locks ``path`` (created if needed) for this process; returns the open file that holds it.
+
+    The lock lasts until the file is closed or the process ends, however it
+    ends. Raises :class:`LockedError` with the holder's process id if another
+    process holds it.
+    """
+    lock = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise LockedError(f"{path} is held by process {holder}") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock

@@ -1,11 +1,14 @@
 """Reading hparams files: overrides checked before anything is built, the model's settings loaded.
 
+HyperPyYAML applies ``--key value`` overrides to whatever the file holds.
 :func:`check_overrides` names in one line a key the file lacks (with the closest
-it has), a value of another kind than the file's, for separation a key that
-does not shape the model (:func:`model_settings`: what ``separator``,
-``sample_rate`` and ``outputs`` are built from), and any override of the
-resolved copy SpeechBrain saves in an output folder. :func:`load_model_hparams`
-builds a recipe file's model without touching its data or output folders.
+it has), a value of another kind than the file's or out of its setting's range
+(:data:`SETTING_RANGES`), for separation a key that does not shape the model
+(:func:`model_settings`: what ``separator``, ``sample_rate`` and ``outputs`` are
+built from), and any override of the resolved copy SpeechBrain saves in an
+output folder. :func:`load_model_hparams` builds a recipe file's model without
+touching its data or output folders; :func:`check_constructors` refuses a model
+folder's file that names code outside torch, speechbrain and nass.
 
 Example
 -------
@@ -52,6 +55,102 @@ _REF = re.compile(r"<([A-Za-z_]\w*)")
 
 class OverrideError(ValueError):
     """An override that the hparams file cannot take."""
+
+
+# The values the recipes' settings can take, checked before anything is built
+# or written: ``(whole number?, lowest, lowest allowed?)``. A value outside
+# them would fail deep in training, or run wrong without a word.
+_COUNT, _COUNT_OR_ZERO = (True, 1, True), (True, 0, True)
+_POSITIVE, _NOT_NEGATIVE = (False, 0, False), (False, 0, True)
+SETTING_RANGES = {
+    **dict.fromkeys(("N_epochs", "batch_size", "num_spks", "sample_rate", "training_signal_len",
+                     "dm_examples_per_epoch", "pcl_num_patches", "pcl_proj_dim",
+                     "pcl_frame_window", "N_encoder_out", "out_channels", "kernel_size",
+                     "kernel_stride", "intra_layers", "inter_layers", "nhead", "d_ffn",
+                     "chunk_size", "num_dual_path_layers", "rnn_hidden"), _COUNT),
+    **dict.fromkeys(("n_audio_to_save", "pcl_grad_every"), _COUNT_OR_ZERO),
+    # lr 0 is a run that evaluates a pretrained_separator through training unchanged.
+    **dict.fromkeys(("pcl_temperature",), _POSITIVE),
+    **dict.fromkeys(("lr", "pcl_weight", "max_grad_norm"), _NOT_NEGATIVE),
+}
+
+
+def range_problem(value, whole, lowest, inclusive):
+    """What is wrong with ``value`` for a setting of that range, or None.
+
+    >>> range_problem(1.5, *SETTING_RANGES["N_epochs"])
+    'must be a whole number >= 1'
+    >>> range_problem(0, *SETTING_RANGES["pcl_temperature"]), range_problem(0, *SETTING_RANGES["lr"])
+    ('must be a number > 0', None)
+    """
+    kind = "a whole number" if whole else "a number"
+    bound = f"{'>=' if inclusive else '>'} {lowest}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (whole and not isinstance(value, int)) or value != value:
+        return f"must be {kind} {bound}"
+    if value < lowest or (value == lowest and not inclusive):
+        return f"must be {kind} {bound}"
+    return None
+
+
+class UntrustedHparamsError(ValueError):
+    """A model folder's hparams file that would run code other than a model's constructors."""
+
+
+# What a model folder's hparams file may build: objects and functions of these
+# packages. Building a HyperPyYAML file calls what its tags name, so a tag
+# naming anything else (os.system, subprocess.run, builtins.eval) is refused
+# before anything is built. Functions inside these packages are not checked.
+TRUSTED_PACKAGES = ("torch", "speechbrain", "nass")
+# Tags that build nothing by themselves (references, copies, tuples, unset values).
+_INERT_TAGS = ("!ref", "!copy", "!tuple", "!PLACEHOLDER")
+_CALLING_TAGS = ("!new:", "!name:", "!module:", "!apply:")
+
+
+class _TagLoader(yaml.SafeLoader):
+    """Reads HyperPyYAML as plain YAML, keeping ``(line, tag)`` of every tagged value."""
+
+
+def _record_tag(loader, suffix, node):
+    loader.tags.append((node.start_mark.line + 1, node.tag.replace("tag:yaml.org,2002:", "!!")))
+
+
+_TagLoader.add_multi_constructor("!", _record_tag)
+# YAML's own Python tags (!!python/object/apply:os.system), which HyperPyYAML's loader builds.
+_TagLoader.add_multi_constructor("tag:yaml.org,2002:python/", _record_tag)
+
+
+def check_constructors(text, source):
+    """Raises :class:`UntrustedHparamsError` naming the first tag of ``text`` that could run other code.
+
+    >>> check_constructors("enc: !new:speechbrain.lobes.models.dual_path.Encoder\\n", "h.yaml")
+    >>> check_constructors("a: 1\\nb: !apply:os.system [touch x]\\n", "h.yaml")
+    Traceback (most recent call last):
+    ...
+    nass.hparams.UntrustedHparamsError: h.yaml, line 2: !apply:os.system would run code that is not a constructor of torch, speechbrain or nass; refused (if you wrote this file yourself, pass --trust-hparams / trust_hparams=True)
+    """
+    loader = _TagLoader(text)
+    loader.tags = []
+    try:
+        loader.get_single_data()
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UntrustedHparamsError(f"{source} is not a YAML hparams file: cannot parse "
+                                    f"it{line}") from None
+    finally:
+        loader.dispose()
+    for line, tag in loader.tags:
+        if tag in _INERT_TAGS:
+            continue
+        kind = next((k for k in _CALLING_TAGS if tag.startswith(k)), None)
+        if kind is not None and tag[len(kind):].split(".")[0] in TRUSTED_PACKAGES:
+            continue
+        raise UntrustedHparamsError(
+            f"{source}, line {line}: {tag} would run code that is not a constructor of "
+            f"{', '.join(TRUSTED_PACKAGES[:-1])} or {TRUSTED_PACKAGES[-1]}; refused (if you "
+            f"wrote this file yourself, pass --trust-hparams / trust_hparams=True)"
+        )
 
 
 class _PlainLoader(yaml.SafeLoader):
@@ -150,6 +249,15 @@ def check_overrides(overrides, text, source, purpose="training"):
             raise OverrideError(
                 f"--{key} expects {expected} ({source} has {settings[key]!r}), got {value!r}"
             )
+    for key, limits in SETTING_RANGES.items():
+        given = key in overrides
+        value = overrides[key] if given else settings.get(key)
+        if value is None:   # not a setting of this file, or one built by a tag
+            continue
+        problem = range_problem(value, *limits)
+        if problem:
+            where = f"--{key}" if given else f"{source}: {key}"
+            raise OverrideError(f"{where} {problem}, got {value!r}")
 
 
 _ACCEPTS = {"True or False": {"True or False"}, "a number": {"a number"}}

@@ -1,6 +1,7 @@
 """SpeechBrain's ecosystem: ``nass export`` folders, hub folders, ``pretrained_separator``, ONNX."""
 
 import csv
+import shutil
 import importlib.util
 
 import numpy as np
@@ -321,3 +322,50 @@ def test_onnx_option_takes_nothing_else(tmp_path, capsys):
     sf.write(tmp_path / "a.wav", mixture(0.5)[0].numpy(), 8000)
     assert main(["separate", "--onnx", "m.onnx", "--hparams", str(HPARAMS), str(tmp_path / "a.wav")]) == 1
     assert "--onnx takes the model from the ONNX file alone" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pit_export(checkpoint, tmp_path_factory):
+    """The export of the tiny 2 speakers + noise checkpoint (noise_assignment pit), untrained."""
+    return export(checkpoint, tmp_path_factory.mktemp("pit") / "exported")
+
+
+def test_the_card_of_a_pit_model_says_what_it_outputs(pit_export):
+    expected = "3 outputs: 2 speakers and the noise, in an order that changes from mixture to mixture"
+    readme, card = (pit_export / "README.md").read_text(), (pit_export / "hyperparams.yaml").read_text()
+    assert expected in readme and expected in card
+    assert "into 1 outputs" not in readme
+    assert load_hyperpyyaml(card)["nass"] == {"num_speakers": 2, "noise_output": True,
+                                              "noise_assignment": "pit", "noise_index": None}
+    assert load_pretrained(pit_export).model.outputs == Outputs(2, True, "pit")
+
+
+@pytest.mark.parametrize("noise_index", ["0", "-1", "5", "x"])
+def test_a_noise_index_that_does_not_fit_is_refused_naming_the_file(pit_export, tmp_path,
+                                                                    noise_index):
+    folder = tmp_path / "edited"
+    shutil.copytree(pit_export, folder)
+    card = folder / "hyperparams.yaml"
+    text = card.read_text()
+    assert text.count("    noise_index:\n") == 1     # YAML's null: no fixed noise output
+    card.write_text(text.replace("    noise_index:\n", f"    noise_index: {noise_index}\n"))
+    with pytest.raises(ValueError) as err:
+        load_pretrained(folder)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{card} (nass key): noise_index ") and "expected None" in message
+
+
+def test_a_folder_whose_hparams_name_other_code_loads_only_when_trusted(tmp_path, capsys):
+    folder, model = hub_folder(tmp_path / "mine")
+    card = folder / "hyperparams.yaml"
+    card.write_text(card.read_text() + "seen: !new:collections.OrderedDict\n")
+    with pytest.raises(ValueError, match=rf"{card}, line \d+: !new:collections.OrderedDict would "
+                                         r"run code that is not a constructor of torch"):
+        Separator.from_pretrained(folder)
+    assert Separator.from_pretrained(folder, trust_hparams=True).source_names == ["spk1", "spk2"]
+    sf.write(tmp_path / "a.wav", mixture(0.5)[0].numpy(), 8000)
+    assert main(["separate", "--checkpoint", str(folder), str(tmp_path / "a.wav")]) == 1
+    assert "pass --trust-hparams" in capsys.readouterr().err
+    assert main(["separate", "--checkpoint", str(folder), "--trust-hparams",
+                 str(tmp_path / "a.wav")]) == 0

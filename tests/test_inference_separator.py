@@ -3,6 +3,7 @@
 import itertools
 import math
 import shutil
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -161,10 +162,53 @@ def test_separate_file_reads_other_formats_and_rates(separator, tmp_path):
     (torch.zeros(4000), "silent"),
     (torch.full((10,), 0.1), "too short: 10 samples"),
     (torch.tensor([0.1, float("nan")] * 100), "NaN"),
+    (torch.stack([torch.full((4000,), 0.1), torch.full((4000,), -0.1)]),
+     "its 2 channels cancel out when averaged to mono"),
 ])
 def test_unusable_tensors_are_refused_with_the_reason(separator, signal, reason):
     with pytest.raises(AudioInputError, match=reason):
         separator.separate_tensor(signal, 8000)
+
+
+@pytest.mark.parametrize("dtype,width,to_pcm", [
+    (torch.int16, 2, lambda x: x * 2 ** 15),
+    (torch.int32, 4, lambda x: x * 2 ** 31),
+    (torch.uint8, 1, lambda x: x * 128 + 128),
+])
+def test_integer_pcm_is_scaled_as_soundfile_reads_files(separator, tmp_path, dtype, width, to_pcm):
+    pcm = to_pcm(speech_like(0.5, 8000).clamp(-0.99, 0.99).double()).round().to(dtype)
+    # The same samples as a WAV file of that width, read by soundfile: the reference scaling.
+    with wave.open(str(tmp_path / "pcm.wav"), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(width)
+        out.setframerate(8000)
+        out.writeframes(pcm.numpy().astype(pcm.numpy().dtype.newbyteorder("<")).tobytes())
+    from_tensor = separator.separate_tensor(pcm, 8000)
+    from_file = separator.separate_file(tmp_path / "pcm.wav")
+    for name in from_file:
+        assert torch.allclose(from_tensor[name], from_file[name], atol=1e-6), name
+    assert from_tensor["spk1"].abs().max() < 1
+
+
+@pytest.mark.parametrize("waveform,message", [
+    (torch.ones(4000, dtype=torch.bool), "a bool tensor holds no audio samples"),
+    (torch.ones(4000, dtype=torch.complex64), "a complex64 tensor holds no audio samples"),
+    (torch.ones(4000, dtype=torch.int64), "int64 is not a PCM sample type"),
+])
+def test_tensors_that_are_not_audio_are_a_type_error(separator, waveform, message):
+    with pytest.raises(TypeError, match=message):
+        separator.separate_tensor(waveform, 8000)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda s: s.separate_tensor(torch.randn(4000), "8000"), "sample_rate must be a number of Hz"),
+    (lambda s: s.separate_tensor(torch.randn(4000), 8000, noise_output=True),
+     "noise_output: must be a model output from 0 to 2, got True"),
+    (lambda s: Separator(s.model, "8k"), "sample_rate must be a number of Hz, got '8k'"),
+])
+def test_arguments_of_the_wrong_kind_are_named(separator, call, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        call(separator)
 
 
 def test_time_by_channels_tensors_are_refused(separator):

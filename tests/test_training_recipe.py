@@ -453,3 +453,18 @@ def test_two_process_ddp_with_pcl_stays_in_step_and_evaluates_once(libri2mix, tm
         assert ddp_row["snt_id"] == row["snt_id"]
         for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
             assert float(ddp_row[key]) == pytest.approx(float(row[key]), abs=1e-6)
+
+
+def test_an_option_given_twice_takes_the_last_as_argparse_does(libri2mix, tmp_path, caplog):
+    # README's quick try with one more --N_epochs.
+    small = ["--N_encoder_out", "64", "--out_channels", "64", "--num_dual_path_layers", "1",
+             "--chunk_size", "50", "--pcl_proj_dim", "32", "--pcl_num_patches", "64",
+             "--training_signal_len", "8000", "--N_epochs", "2"]
+    args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(tmp_path / "run"),
+            *small, "--intra_layers", "1", "--inter_layers", "1", "--d_ffn", "128",
+            "--N_epochs", "3"]
+    with caplog.at_level("WARNING", logger="nass.training.recipe"):
+        _, _, overrides, hparams = parse_arguments(args)
+    assert hparams["N_epochs"] == 3 and hparams["epoch_counter"].limit == 3
+    assert overrides.count("N_epochs") == 1
+    assert "--N_epochs is given more than once; the last, 3, is used" in caplog.text

@@ -2,9 +2,9 @@
 
 Each command is a module here that reports what the library decides: a
 user's mistake is one line on stderr and exit status 1, without a traceback
-(``NASS_DEBUG=1`` shows it). Options the commands do not know (``--num_spks
-3``) are HyperPyYAML overrides of the hparams file, as on a recipe's command
-line (:func:`split_overrides`).
+(``NASS_DEBUG=1`` shows it); Ctrl-C is one line and exit status 130. Options
+the commands do not know (``--num_spks 3``) are HyperPyYAML overrides of the
+hparams file, as on a recipe's command line (:func:`split_overrides`).
 
 Example
 -------
@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from nass.logs import quiet_torchvision_note
 
-# argparse itself exits with 2 on usage errors.
-EXIT_OK, EXIT_FAILED = 0, 1
+# argparse itself exits with 2 on usage errors; 130 is a shell's status for Ctrl-C.
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def main(argv=None):
@@ -40,6 +40,15 @@ def main(argv=None):
             parser.error(str(err))
         argv = argv[:1] + rest
     args = parser.parse_args(argv)
+    try:
+        return _run_command(args, overrides)
+    except KeyboardInterrupt:
+        # Outputs are written atomically: nothing half-written is left (see each command).
+        report("interrupted", command=args.command)
+        return EXIT_INTERRUPTED
+
+
+def _run_command(args, overrides):
     if args.command == "separate":
         from nass.cli.separate import separate_command
 

@@ -18,12 +18,12 @@ import numpy as np
 import soundfile as sf
 
 from nass.audio import output_paths, save_sources
-from nass.cli import EXIT_FAILED, EXIT_OK, report
+from nass.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, report
 from nass.cli.plot import plot_spectrograms
 from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_loudness, without_clipping
 from nass.inference import Separator
 from nass.model.loading import recipe_hparams
-from nass.training.recipe import run
+from nass.training.recipe import Interrupted, run
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 RECIPE_HPARAMS = recipe_hparams()
@@ -60,12 +60,27 @@ def demo_command(args):
     except DemoError as err:
         report(str(err), command="demo")
         return EXIT_FAILED
+    except Interrupted as err:   # Ctrl-C while the recipe trains: what it kept
+        report(str(err), command="demo", level="error")
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 
 
 class DemoError(RuntimeError):
     """The demo cannot run here (e.g. its out_dir holds someone else's files)."""
+
+
+def _check_options(minutes, epochs, seed):
+    """Refuses a training length that trains nothing, or a seed numpy refuses, before anything is made."""
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or epochs < 1):
+        raise DemoError(f"--epochs must be a whole number >= 1, got {epochs!r}")
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
+            or not 0 < minutes < float("inf"):
+        raise DemoError(f"--minutes must be a number of minutes > 0, got {minutes!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DemoError(f"--seed must be a whole number >= 0, got {seed!r}")
 
 
 def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False):
@@ -91,6 +106,7 @@ def run_demo(out_dir="nass-demo", minutes=2.0, seed=0, epochs=None, quick=False)
         Paths of what was made: ``corpus``, ``train``, ``results``, ``mixture``,
         ``outputs`` (list), ``figure``.
     """
+    _check_options(minutes, epochs, seed)
     out_dir = claim_out_dir(out_dir)
     model = QUICK_MODEL if quick else MODEL
     corpus = build_corpus(out_dir / "data", seed=seed,

@@ -11,6 +11,9 @@ def export_command(args, overrides):
     """``nass export``: a SpeechBrain pretrained-model folder, or an ONNX file."""
     try:
         if args.format == "onnx":
+            if not args.window_seconds > 0 or args.window_seconds == float("inf"):
+                raise ExportError(f"--window-seconds must be a number of seconds > 0, got "
+                                  f"{args.window_seconds:g}")
             trained = _load(args, overrides)
             result = export_onnx_file(trained, args.out_dir, args.window_seconds,
                                       overwrite=args.overwrite)
@@ -42,5 +45,5 @@ def _load(args, overrides):
         if overrides:
             raise ExportError(f"hparams overrides ({', '.join('--' + k for k in overrides)}) "
                               f"need --hparams; a pretrained-model folder describes itself")
-        return load_pretrained(args.checkpoint)
+        return load_pretrained(args.checkpoint, trust_hparams=args.trust_hparams)
     return load_trained(args.hparams, args.checkpoint, overrides)

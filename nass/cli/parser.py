@@ -31,6 +31,10 @@ def build_parser():
                                    "(the one of best validation SI-SNR is used); without "
                                    "--hparams, a SpeechBrain pretrained-model folder "
                                    "(nass export's, or a hub model's)"),
+        separate.add_argument("--trust-hparams", action="store_true",
+                              help="build a pretrained-model folder's hyperparams.yaml even if "
+                                   "it names code other than constructors of torch, "
+                                   "speechbrain and nass (only for folders you wrote yourself)"),
         separate.add_argument("--onnx", metavar="MODEL.onnx",
                               help="run a model written by nass export --format onnx with "
                                    "ONNX Runtime (CPU) instead"),
@@ -90,6 +94,10 @@ def build_parser():
                                  "as --checkpoint without it)"),
         export.add_argument("--checkpoint", metavar="CKPT",
                             help="a CKPT+... folder, or a save/ folder (its best checkpoint)"),
+        export.add_argument("--trust-hparams", action="store_true",
+                            help="build a pretrained-model folder's hyperparams.yaml even if it "
+                                 "names code other than constructors of torch, speechbrain and "
+                                 "nass (only for folders you wrote yourself)"),
         export.add_argument("--out-dir", required=True, metavar="DIR", help="the folder to write"),
         export.add_argument("--format", choices=["speechbrain", "onnx"], default="speechbrain",
                             help="speechbrain (default): a pretrained-model folder; onnx: "
@@ -114,7 +122,9 @@ def build_parser():
     plot.add_argument("--prefix", help="where nass separate wrote the outputs, e.g. out/talk "
                                        "(default: the mixture's path without extension)")
     plot.add_argument("-o", "--output", metavar="OUT.png",
-                      help="the PNG to write (default: <mixture>_spectrograms.png)")
+                      help="the PNG to write (default: <mixture>_spectrograms.png); never one "
+                           "of the files plotted")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
 
     demo = commands.add_parser(
         "demo", help="train, evaluate and use a small model on data shipped with nass",

@@ -6,7 +6,10 @@ panels), so that what each output took from the mixture can be compared at
 a glance. Panels are titled with the file names.
 
 The figure is drawn on matplotlib's Agg canvas directly, without pyplot, so
-it needs no display and leaves the caller's matplotlib backend alone.
+it needs no display and leaves the caller's matplotlib backend alone. The PNG
+never replaces one of the plotted files, nor any existing file without
+``--overwrite``; outputs of another rate or length than the mixture (not
+its outputs, or resampled) are plotted with a warning.
 
 Example
 -------
@@ -27,11 +30,13 @@ Example
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import spectrogram
 
-from nass.audio import find_outputs, read_audio
+from nass.audio import AudioInputError, find_outputs, read_audio
+from nass.files import atomic_path
 from nass.cli import EXIT_FAILED, EXIT_OK, report
 
 # 32 ms frames with 75 % overlap: the usual resolution for looking at speech.
@@ -57,14 +62,48 @@ def plot_command(args):
         report(f"no such file(s): {', '.join(missing)}", command="plot")
         return EXIT_FAILED
     out_png = Path(args.output) if args.output else mixture.with_name(f"{mixture.stem}_spectrograms.png")
+    plotted = [mixture, *map(Path, outputs)]
+    if any(out_png.resolve() == path.resolve() for path in plotted):
+        report(f"-o {out_png} is one of the files to plot; name another PNG", command="plot")
+        return EXIT_FAILED
+    if out_png.exists() and not args.overwrite:
+        option = f"-o {out_png}" if args.output else f"{out_png} (the default -o)"
+        report(f"{option} already exists; use --overwrite to replace it, or -o to name another "
+               f"PNG", command="plot")
+        return EXIT_FAILED
+    for warning in mismatches(mixture, outputs):
+        report(warning, command="plot", level="warning")
     try:
-        plot_spectrograms([mixture, *outputs], out_png)
-    except (OSError, RuntimeError, ValueError) as err:
+        plot_spectrograms(plotted, out_png)
+    except OSError as err:
+        report(f"cannot write {out_png} ({err.strerror or err})", command="plot")
+        return EXIT_FAILED
+    except (RuntimeError, ValueError) as err:
         report(str(err), command="plot")
         return EXIT_FAILED
     print(f"nass plot: wrote {out_png}")
     return EXIT_OK
 
+
+def mismatches(mixture, outputs):
+    """A warning for each output whose rate or length differs from the mixture's (as
+    ``nass separate`` writes them); unreadable files are left to the plot to name."""
+    try:
+        reference = sf.info(str(mixture))
+    except (sf.LibsndfileError, RuntimeError):
+        return []
+    warnings = []
+    for path in outputs:
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError):
+            continue
+        if (info.samplerate, info.frames) != (reference.samplerate, reference.frames):
+            warnings.append(
+                f"{path} is {info.frames} samples at {info.samplerate} Hz but the mixture "
+                f"{mixture} is {reference.frames} at {reference.samplerate} Hz: not separated "
+                f"from it by nass separate? (plotted on the same time axis anyway)")
+    return warnings
 
 
 def plot_spectrograms(paths, out_png, titles=None):
@@ -105,15 +144,18 @@ def plot_spectrograms(paths, out_png, titles=None):
     axes[-1].set_xlabel("time (s)")
     fig.colorbar(image, ax=list(axes), label="dB", shrink=0.8)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     # An explicit format: matplotlib would otherwise add ".png" to a name without it.
-    fig.savefig(out_png, dpi=100, format="png")
+    with atomic_path(out_png) as partial:
+        fig.savefig(partial, dpi=100, format="png")
     return out_png
 
 
 def _spectrogram_db(path):
     """``(duration s, top frequency kHz, power dB [F, N])`` of a file, downmixed to mono."""
-    waveform, sample_rate = read_audio(path)
+    try:
+        waveform, sample_rate = read_audio(path)
+    except AudioInputError as err:
+        raise AudioInputError(f"{path}: {err}") from None
     duration = waveform.shape[1] / sample_rate
     signal = waveform.double().mean(dim=0).numpy()
     frame = max(16, round(FRAME_SECONDS * sample_rate))

@@ -4,11 +4,16 @@ Before anything is separated the run is refused if the model cannot be
 loaded, ``--out-dir`` cannot be written to, or two inputs would write the same
 output (or an output would replace an input). Then each input that cannot be
 separated gets one line naming it; the others are still separated, and the
-exit status is 1 if any failed.
+exit status is 1 if any failed. With ``--overwrite``, outputs of the same
+input that this model does not write (``<stem>_noise.wav`` or
+``<stem>_spk3.wav`` of another model's run) are removed, each named, so that
+the folder holds one run's outputs. Ctrl-C removes the outputs of the input
+in progress and names the inputs done.
 """
 
 import sys
 import warnings
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -17,13 +22,14 @@ from nass.audio import (
     OutputPathError,
     TruncatedAudioWarning,
     check_out_dir,
+    find_outputs,
     plan_outputs,
     read_audio,
     report_path,
     save_report,
     save_sources,
 )
-from nass.cli import EXIT_FAILED, EXIT_OK, report
+from nass.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, report
 from nass.inference import Separator
 from nass.inference.memory import MemoryBudgetError
 from nass.inference.process import give_back_large_blocks
@@ -33,6 +39,12 @@ from nass.model.precision import PrecisionError
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
     give_back_large_blocks()  # this process's policy: window memory as nass.inference.memory estimates
+    for option, value, finite in (("--chunk-seconds", args.chunk_seconds, False),
+                                  ("--max-memory", args.max_memory, True)):
+        # Checked here to name the option: the API's message names its argument.
+        if value is not None and not (value > 0 and (not finite or value < float("inf"))):
+            report(f"{option} must be a number > 0, got {value:g}")
+            return EXIT_FAILED
     try:
         separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
                                    progress=sys.stderr.isatty(), max_memory=args.max_memory)
@@ -61,9 +73,26 @@ def separate_command(args, overrides):
     print(f"nass separate: using {what} {separator.checkpoint}")
     if separator.window_note:
         report(separator.window_note, level="note")
+    done = []
+    try:
+        failed = _separate_each(separator, plan, args, done)
+    except KeyboardInterrupt:
+        report(f"interrupted; {len(done)} of {len(plan)} input(s) separated"
+               + (f" (the last: {done[-1]})" if done else "")
+               + "; the outputs of the input in progress were removed", level="error")
+        return EXIT_INTERRUPTED
+    if failed:
+        report(f"{failed} of {len(args.inputs)} input(s) failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _separate_each(separator, plan, args, done):
+    """Separates the inputs of ``plan``, appending each one done to ``done``; returns how many failed."""
     failed = 0
     for path, paths in tqdm(plan.items(), disable=None, unit="file", desc="files"):
         sidecar = report_path(path, args.out_dir)
+        written = []
         try:
             existing = [p.name for p in [*paths.values(), sidecar] if p.exists()]
             if existing and not args.overwrite:
@@ -79,13 +108,24 @@ def separate_command(args, overrides):
                 report(str(warning.message), level="warning")
             sources = separator.separate_tensor(waveform, sample_rate,
                                                 noise_output=args.noise_output)
-            save_sources(sources, sample_rate, paths, overwrite=args.overwrite,
-                         normalize=args.normalize)
+            for name, target in paths.items():
+                # Listed before it is written: Ctrl-C during the write removes it too.
+                written.append(target)
+                save_sources({name: sources[name]}, sample_rate, {name: target},
+                             overwrite=args.overwrite, normalize=args.normalize)
+            written.append(sidecar)
             save_report(sources.report, path, paths, sidecar)
         except (AudioInputError, OSError, RuntimeError) as err:
             failed += 1
             report(f"{path}: {err}")
+        except KeyboardInterrupt:
+            for target in written:
+                target.unlink(missing_ok=True)
+            raise
         else:
+            done.append(path)
+            if args.overwrite:
+                _remove_stale_outputs(path, paths)
             if sources.report["close"]:
                 noise = sources.report["outputs"]["noise"]
                 scores = ", ".join(f"{v:.2f}" for v in sources.report["noise_scores"])
@@ -93,10 +133,17 @@ def separate_command(args, overrides):
                        f"was taken (one-voice scores {scores}; see {sidecar}); to choose "
                        f"another, rerun with --noise-output K --overwrite", level="warning")
             tqdm.write(f"{path} -> {', '.join(str(p) for p in paths.values())}")
-    if failed:
-        report(f"{failed} of {len(args.inputs)} input(s) failed")
-        return EXIT_FAILED
-    return EXIT_OK
+    return failed
+
+
+def _remove_stale_outputs(path, paths):
+    """Removes ``<stem>_spk*.wav`` / ``<stem>_noise.wav`` beside ``paths`` that this run did not write."""
+    prefix = next(iter(paths.values())).parent / Path(path).stem
+    for stale in find_outputs(path, prefix):
+        if stale not in paths.values():
+            stale.unlink()
+            tqdm.write(f"nass separate: removed {stale}, an output of an earlier run with "
+                       f"another model (--overwrite)", file=sys.stderr)
 
 
 def load_separator(args, overrides, **options):
@@ -114,5 +161,6 @@ def load_separator(args, overrides, **options):
         if overrides:
             raise ValueError(f"hparams overrides ({', '.join('--' + k for k in overrides)}) "
                              f"need --hparams; a pretrained-model folder describes itself")
-        return Separator.from_pretrained(args.checkpoint, **options)
+        return Separator.from_pretrained(args.checkpoint, trust_hparams=args.trust_hparams,
+                                         **options)
     return Separator.from_hparams(args.hparams, args.checkpoint, overrides=overrides, **options)

@@ -146,11 +146,9 @@ def prepare_layout(layout, save_folder, sample_rate, splits=SPLITS, skip_prep=Fa
     """
     save_folder = Path(save_folder)
     paths = {s: p for s, p in csv_paths(save_folder).items() if s in splits}
+    columns = ["ID", "duration", "mix_wav"] + [f"{t}_wav" for t in layout.targets]
     if skip_prep:
-        missing = [str(p) for p in paths.values() if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"skip_prep is True but these csvs do not exist: {missing}")
-        problems = [problem for path in paths.values() for problem in _missing_csv_files(path)]
+        problems = [problem for path in paths.values() for problem in _csv_problems(path, columns)]
         if problems:
             raise DataFolderError(save_folder, problems, subject="skip_prep is True but the csvs in")
         return paths
@@ -162,7 +160,6 @@ def prepare_layout(layout, save_folder, sample_rate, splits=SPLITS, skip_prep=Fa
         raise DataFolderError(layout.root, problems)
 
     save_folder.mkdir(parents=True, exist_ok=True)
-    columns = ["ID", "duration", "mix_wav"] + [f"{t}_wav" for t in layout.targets]
     for split, rows in tables.items():
         text = _csv_text(columns, rows)
         if not paths[split].exists() or paths[split].read_text() != text:
@@ -239,15 +236,23 @@ def _missing_root(layout):
     return f"{layout.data_folder}: {what}{hint}"
 
 
-def _missing_csv_files(csv_path):
-    """The audio files a prepared csv names that are not there."""
+def _csv_problems(csv_path, columns):
+    """What makes a prepared csv unusable: missing, lacking ``columns``, naming absent audio."""
+    if not csv_path.is_file():
+        return [f"{csv_path.name}: missing (run once without --skip_prep True to write it)"]
     with open(csv_path, newline="") as fin:
-        rows = list(csv.DictReader(fin))
+        reader = csv.DictReader(fin)
+        rows = list(reader)
+    lacking = [c for c in columns if c not in (reader.fieldnames or [])]
+    if lacking:
+        return [f"{csv_path.name}: no {', '.join(lacking)} column(s) (expected "
+                f"{', '.join(columns)}; rerun without --skip_prep True to rewrite it)"]
     return [
-        f"{value}: missing (named in {csv_path.name}, row {row.get('ID', index)})"
+        f"{value or '(empty)'}: missing (named in {csv_path.name}, "
+        f"row {row.get('ID', index)})"
         for index, row in enumerate(rows, start=1)
         for key, value in row.items()
-        if key.endswith("_wav") and not Path(value).is_file()
+        if key in columns and key.endswith("_wav") and not (value and Path(value).is_file())
     ]
 
 

@@ -190,8 +190,12 @@ def check_with_speechbrain(folder, model, sample_rate, seconds=CHECK_SECONDS):
 
 def read_test_results(path):
     """``{"utterances": n, "sdr": .., "sdr_i": .., "si-snr": .., "si-snr_i": ..}`` of a ``test_results.csv``."""
-    with open(path, newline="", encoding="utf-8") as fin:
-        rows = list(csv.DictReader(fin))
+    try:
+        with open(path, newline="", encoding="utf-8") as fin:
+            rows = list(csv.DictReader(fin))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ExportError(f"--test-results {path} cannot be read as a test_results.csv "
+                          f"({getattr(err, 'strerror', None) or err})") from None
     average = [r for r in rows if r.get("snt_id") == "avg"]
     if not average:
         raise ExportError(f"{path} has no 'avg' row")

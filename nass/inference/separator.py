@@ -101,7 +101,7 @@ class Separator:
         set_tf32(precision, self.device)
         self.precision = precision
         self.model = set_precision(model.to(self.device).eval(), precision)
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = self._check_rate(sample_rate)
         self.checkpoint = checkpoint
         self.progress = progress
         self.max_memory = self._max_memory(max_memory)
@@ -138,14 +138,16 @@ class Separator:
         return cls(trained.model, trained.sample_rate, checkpoint=trained.checkpoint, **options)
 
     @classmethod
-    def from_pretrained(cls, folder, **options):
+    def from_pretrained(cls, folder, trust_hparams=False, **options):
         """The model of a SpeechBrain pretrained-model folder (:func:`nass.model.loading.load_pretrained`).
 
         ``nass export``'s folders label the outputs as the model was trained;
-        a SpeechBrain hub model's outputs are all speakers.
+        a SpeechBrain hub model's outputs are all speakers. The folder's
+        ``hyperparams.yaml`` may name only constructors of torch, speechbrain
+        and nass, unless ``trust_hparams``.
         """
         _check_early(options)
-        trained = load_pretrained(folder)
+        trained = load_pretrained(folder, trust_hparams=trust_hparams)
         logger.info("Separating with pretrained model %s", folder)
         return cls(trained.model, trained.sample_rate, checkpoint=trained.checkpoint, **options)
 
@@ -187,6 +189,9 @@ class Separator:
         Arguments
         ---------
         waveform : torch.Tensor
+            Float, or integer PCM scaled to [-1, 1] as soundfile reads files
+            (int16 / 2**15, int32 / 2**31, uint8 (x - 128) / 128); bool and
+            complex tensors are refused (TypeError).
         sample_rate : int
         noise_output : int, optional
             The model output (0-based, as in ``report["outputs"]``) to call
@@ -203,8 +208,8 @@ class Separator:
             self.check_noise_output(noise_output)
         except ValueError as err:
             raise ValueError(f"noise_output: {err}") from None
-        mono = self._mono(torch.as_tensor(waveform, dtype=torch.float32).cpu())
         sample_rate = self._check_rate(sample_rate)
+        mono = self._mono(pcm_to_float(waveform).cpu())
         resampled = self._resample(mono, sample_rate, self.sample_rate)
         if resampled.shape[-1] < self.model.kernel_size:
             raise AudioInputError(
@@ -279,6 +284,7 @@ class Separator:
 
     @staticmethod
     def _mono(waveform):
+        channels = waveform
         if waveform.dim() == 2:
             if waveform.shape[0] > waveform.shape[1]:
                 raise AudioInputError(
@@ -296,11 +302,17 @@ class Separator:
         if not torch.isfinite(waveform).all():
             raise AudioInputError("contains NaN or infinite samples")
         if not waveform.any():
+            if channels.any():
+                raise AudioInputError(
+                    f"its {channels.shape[0]} channels cancel out when averaged to mono (one is "
+                    f"the other's negative): separate one channel, e.g. waveform[0]")
             raise AudioInputError("silent (all samples are zero): nothing to separate")
         return waveform
 
     @staticmethod
     def _check_rate(sample_rate):
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
+            raise TypeError(f"sample_rate must be a number of Hz, got {sample_rate!r}")
         if sample_rate <= 0 or int(sample_rate) != sample_rate:
             raise AudioInputError(
                 f"sample rate must be a positive whole number of Hz, got {sample_rate}")
@@ -313,6 +325,34 @@ class Separator:
         return torchaudio.functional.resample(signal, orig_freq=from_rate, new_freq=to_rate)
 
 
+# Integer PCM as soundfile scales it when reading files: full scale is 1.0.
+_PCM_SCALE = {torch.int16: (0, 2 ** 15), torch.int32: (0, 2 ** 31), torch.uint8: (128, 128)}
+
+
+def pcm_to_float(waveform):
+    """``waveform`` as float32: integer PCM scaled to [-1, 1], other real dtypes converted.
+
+    >>> pcm_to_float(torch.tensor([-32768, 16384], dtype=torch.int16))
+    tensor([-1.0000,  0.5000])
+    >>> pcm_to_float(torch.tensor([True]))
+    Traceback (most recent call last):
+    ...
+    TypeError: waveform: a bool tensor holds no audio samples; pass float samples or integer PCM (int16, int32, uint8)
+    """
+    waveform = torch.as_tensor(waveform)
+    dtype = waveform.dtype
+    if dtype == torch.bool or dtype.is_complex:
+        raise TypeError(f"waveform: a {str(dtype).replace('torch.', '')} tensor holds no audio "
+                        f"samples; pass float samples or integer PCM (int16, int32, uint8)")
+    if dtype in _PCM_SCALE:
+        offset, scale = _PCM_SCALE[dtype]
+        return (waveform.double() - offset).div(scale).float()
+    if not dtype.is_floating_point:
+        raise TypeError(f"waveform: {str(dtype).replace('torch.', '')} is not a PCM sample "
+                        f"type; pass float samples or integer PCM (int16, int32, uint8)")
+    return waveform.float()
+
+
 def _fit_length(signals, length):
     """``signals`` ``[S, t]`` cut or zero-padded to ``[S, length]``."""
     if signals.shape[-1] >= length:
@@ -321,7 +361,10 @@ def _fit_length(signals, length):
 
 
 def _device(device):
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device: give cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for but CUDA is not available here")
     return device

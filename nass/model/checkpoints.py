@@ -76,10 +76,7 @@ def checkpoint_to_evaluate(folder, min_key="si-snr"):
     """
     found = list_checkpoints(folder)
     if not found:
-        raise NoCheckpointError(
-            f"no checkpoint in {folder}: expected a CKPT+... folder with CKPT.yaml, or a "
-            f"folder holding such folders"
-        )
+        raise NoCheckpointError(f"no checkpoint in {folder}: {_where_checkpoints_are(folder)}")
     metas = {ckpt: read_meta(ckpt) for ckpt in found}
     scored = sorted(
         (c for c, m in metas.items() if isinstance(m.get(min_key), (int, float))),
@@ -109,11 +106,25 @@ def checkpoint_to_evaluate(folder, min_key="si-snr"):
     )
 
 
+def _where_checkpoints_are(path):
+    """The end of the message for ``path`` holding no checkpoint: where they may be instead."""
+    path = Path(path)
+    if path.is_file():
+        onnx = (f"; an ONNX model (nass export --format onnx) is given as --onnx {path}"
+                if path.suffix.lower() == ".onnx" else "")
+        return f"it is a file, not a folder{onnx}"
+    if list_checkpoints(path / "save"):
+        return f"it is a run's output folder; its checkpoints are in {path / 'save'}"
+    return "expected a CKPT+... folder with CKPT.yaml, or a folder holding such folders"
+
+
 def checkpoint_problems(ckpt_dir, names):
     """Why ``ckpt_dir`` cannot be resumed from: missing, empty or unreadable files.
 
     SpeechBrain writes ``CKPT.yaml`` before the recoverables, so a run killed
-    while saving leaves a folder that looks complete but is not.
+    while saving leaves a folder that looks complete but is not. Tensor files
+    are read with ``weights_only=True``: a pickle that would run code (or
+    build anything but tensors and plain containers) counts as unreadable.
     """
     problems = []
     for name in names:
@@ -126,9 +137,10 @@ def checkpoint_problems(ckpt_dir, names):
                 if yaml.safe_load(path.read_text()) is None:
                     problems.append(f"{path.name} is blank")
             else:
-                torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # truncated zip, bad yaml...: all mean "not usable"
-            problems.append(f"{path.name} unreadable: corrupt or cut short ({type(err).__name__})")
+                load_state(path)
+        except Exception as err:  # truncated zip, bad yaml, code in a pickle...: all "not usable"
+            problems.append(f"{path.name} unreadable: corrupt, cut short or not plain weights "
+                            f"({type(err).__name__})")
     return problems
 
 
@@ -148,7 +160,7 @@ def set_aside_incomplete(folder, names):
 
 
 def load_state(path):
-    """A state dict from ``path``, on the CPU."""
+    """A state dict from ``path``, on the CPU; nothing in the file is run (``weights_only``)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -199,7 +211,8 @@ def check_fit(modules, ckpt_dir, hparams_name="the hparams"):
     if corrupt:
         raise CorruptCheckpointError(
             f"checkpoint {ckpt_dir} is corrupt: {', '.join(corrupt)} cannot be read as a PyTorch "
-            f"state dict (cut short or overwritten?); use another checkpoint"
+            f"state dict of plain weights (cut short, overwritten, or a pickle that would run "
+            f"code?); use another checkpoint"
         )
     if problems:
         raise CheckpointMismatchError(

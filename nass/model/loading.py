@@ -4,7 +4,10 @@
 a ``CKPT+...`` or ``save/`` folder; :func:`load_pretrained` builds a folder in
 SpeechBrain's hub layout (``hyperparams.yaml`` + ``encoder/masknet/decoder.ckpt``),
 whose ``nass`` key holds :meth:`Outputs.to_dict` (a hub folder without it has
-speakers only). Each gives a :class:`TrainedModel`.
+speakers only). Each gives a :class:`TrainedModel`. A folder's
+``hyperparams.yaml`` may name only constructors of torch, speechbrain and nass
+(:func:`nass.hparams.check_constructors`) unless ``trust_hparams``; weights are
+read with ``weights_only=True``.
 
 Example
 -------
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from nass.hparams import load_model_hparams
+from nass.hparams import check_constructors, load_model_hparams
 from nass.model.checkpoints import check_fit, checkpoint_to_evaluate, load_state
 from nass.model.outputs import Outputs
 from nass.model.separator import NoiseAwareSeparator
@@ -62,11 +65,16 @@ def load_trained(hparams_file, checkpoint, overrides=None):
     return TrainedModel(model, int(hparams["sample_rate"]), ckpt, hparams)
 
 
-def load_pretrained(folder):
+def load_pretrained(folder, trust_hparams=False):
     """The model of a pretrained-model folder, with its weights.
 
+    Its ``hyperparams.yaml`` is built only if it names nothing but
+    constructors of torch, speechbrain and nass, unless ``trust_hparams``
+    (for a folder you wrote yourself).
+
     Raises FileNotFoundError (not in the layout), ValueError (a
-    ``hyperparams.yaml`` without what a separator needs) and
+    ``hyperparams.yaml`` without what a separator needs, or
+    :class:`nass.hparams.UntrustedHparamsError`) and
     :class:`nass.model.checkpoints.CheckpointMismatchError`.
     """
     folder = Path(folder)
@@ -74,9 +82,12 @@ def load_pretrained(folder):
     if missing:
         raise FileNotFoundError(layout_error(folder, missing))
     hparams_path = folder / HPARAMS_FILE
+    text = hparams_path.read_text(encoding="utf-8")
+    if not trust_hparams:
+        check_constructors(text, str(hparams_path))
     # Building the modules draws from torch's generator; keep the caller's stream.
-    with torch.random.fork_rng(devices=[]), open(hparams_path, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin)
+    with torch.random.fork_rng(devices=[]):
+        hparams = load_hyperpyyaml(text)
     for key in ("modules", "sample_rate", "num_spks"):
         if key not in hparams:
             raise ValueError(f"{hparams_path} has no '{key}'")
@@ -134,6 +145,9 @@ def is_pretrained_folder(path):
 
 def layout_error(folder, missing):
     """The message for a folder that is not in the layout."""
+    if Path(folder).is_file() and Path(folder).suffix.lower() == ".onnx":
+        return (f"{folder} is a file, not a pretrained-model folder; an ONNX model (nass export "
+                f"--format onnx) is given as --onnx {folder}")
     return (f"{folder} is not a pretrained-model folder: it lacks {', '.join(missing)} "
             f"(expected {HPARAMS_FILE} and {', '.join(f'{n}.ckpt' for n in MODULE_NAMES)}, "
             f"as SpeechBrain's hub models and nass export have)")

@@ -36,6 +36,7 @@ from nass.model.checkpoints import (
 )
 from nass.data.prepare import DataFolderError, check_data_folder, prepare_layout
 from nass.training.initialisation import initialise_like_reference
+from nass.files import LockedError, hold_lock
 from nass.logs import quiet_torchvision_note
 from nass.hparams import OverrideError, check_overrides, plain_settings
 from nass.model.loading import layout_error, missing_files
@@ -54,6 +55,9 @@ USER_ERRORS = (RecipeError, OverrideError, DataFolderError, CheckpointMismatchEr
                NoCheckpointError)
 
 MODEL_RECOVERABLES = ("encoder", "masknet", "decoder", "patchsamplenet")
+# Held in the output folder for a run's length: a second run into the folder
+# would delete the first's checkpoints and write its epochs into the same log.
+RUN_LOCK = ".nass-run.lock"
 
 
 def _flag_options():
@@ -106,6 +110,7 @@ def parse_arguments(argv):
     """
     argv, tf32 = _take_tf32(normalise_flags(list(argv)))
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    overrides = last_of_each(overrides)
     if tf32:
         run_opts = dataclasses.replace(run_opts, precision="tf32")
     try:
@@ -117,10 +122,15 @@ def parse_arguments(argv):
     check_overrides(given, text, hparams_file)
     try:
         hparams = load_hyperpyyaml(text, overrides)
+    except OSError as err:   # the checkpointer makes <output_folder>/save as it is built
+        raise RecipeError(f"cannot create {err.filename} ({err.strerror}); check "
+                          f"--output_folder") from err
     except ValueError as err:
         unset = re.match(r"'(\w+)' is a !PLACEHOLDER", str(err))
         if unset is None:
-            raise
+            # nass's own constructors (outputs, objective) refuse settings that do not go together.
+            # NASS_DEBUG's traceback keeps where the constructor refused (from err).
+            raise RecipeError(f"{hparams_file} with these options: {err}") from err
         key = unset.group(1)
         about = _comment_above(text, key)
         raise RecipeError(
@@ -139,6 +149,24 @@ def _take_tf32(argv):
         elif arg == "--precision" and i + 1 < len(out) and out[i + 1] == "tf32":
             out[i + 1], tf32 = "fp32", True
     return out, tf32
+
+
+def last_of_each(overrides):
+    """SpeechBrain's overrides (``key: value`` lines) with each key's last line only, as argparse
+    treats an option given twice; each repeated option is noted on stderr.
+
+    >>> last_of_each("N_epochs: 2\\nlr: 0.1\\nN_epochs: 5")
+    'lr: 0.1\\nN_epochs: 5'
+    """
+    lines = {}
+    for line in overrides.splitlines():
+        key = line.split(":", 1)[0]
+        if key in lines:
+            logger.warning("--%s is given more than once; the last, %s, is used", key,
+                           line.split(":", 1)[1].strip())
+            del lines[key]
+        lines[key] = line
+    return "\n".join(lines.values())
 
 
 def _comment_above(text, key):
@@ -220,10 +248,24 @@ def _run(hparams_file, run_opts, overrides, hparams):
     patch_sampler = _register_patch_sampler(hparams)
     test_only = run_option("test_only", run_opts, hparams)
     save_folder = Path(hparams["save_folder"])
+    output_folder = Path(hparams["output_folder"])
+    # A folder that exists is locked before its checkpoints are looked at (and
+    # incomplete ones set aside); a new one as it is made.
+    new_lock = not (output_folder / RUN_LOCK).exists()
+    lock = _lock_output_folder(output_folder) if output_folder.is_dir() else None
     # Before anything is written: a checkpoint that does not fit refuses the run.
     # What nass logs meanwhile goes to the run's log.txt too, once that exists.
-    with _held_back("nass") as held:
-        evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
+    try:
+        with _held_back("nass") as held:
+            evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
+    except BaseException:
+        if lock is not None and new_lock:    # a refused run leaves no file of its own
+            lock.close()
+            (output_folder / RUN_LOCK).unlink()
+        raise
+    if lock is None:
+        output_folder.mkdir(parents=True, exist_ok=True)
+        lock = _lock_output_folder(output_folder)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -281,7 +323,22 @@ def _run(hparams_file, run_opts, overrides, hparams):
         # Leaving with the group alive lets gloo's threads abort the process at exit.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if lock is not None:
+        lock.close()
     return brain
+
+
+def _lock_output_folder(folder):
+    """The lock of ``folder`` held for this run (by the main process only, under torchrun)."""
+    if not if_main_process():
+        return None
+    try:
+        return hold_lock(folder / RUN_LOCK)
+    except LockedError as err:
+        raise RecipeError(
+            f"--output_folder {folder} is in use by another run ({err}); wait for it to "
+            f"finish, or give another --output_folder"
+        ) from None
 
 
 def start_from_pretrained(hparams, resuming):
@@ -386,7 +443,12 @@ def _check_options(hparams, run_opts):
         )
     precision = run_option("precision", run_opts, hparams)
     try:
-        precision_dtype(precision, _device(run_opts, hparams), training=True)
+        device = _device(run_opts, hparams)
+        torch.device(device)
+    except RuntimeError:
+        raise RecipeError(f"--device {device} is not a device: give cpu, cuda or cuda:N") from None
+    try:
+        precision_dtype(precision, device, training=True)
     except PrecisionError as err:
         raise RecipeError(f"--precision {precision}: {err}") from None
 
