@@ -129,3 +129,15 @@ def test_nass_separate_max_memory(tmp_path, capsys):
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
     assert [line for line in run.stderr.splitlines() if "windows capped" in line] == notes
+
+
+def test_a_batch_of_windows_costs_about_its_windows_and_the_budget_bounds_it():
+    model = load_model(HPARAMS, TINY).eval()
+    window = 4 * 8000
+    one, four = forward_bytes(model, window), forward_bytes(model, window, batch=4)
+    assert 3.8 < four / one < 4.2
+    max_memory = window_bytes(model, window, batch=3) / GIB
+    separator = Separator(model, 8000, chunk_seconds=4, max_memory=max_memory, batch_size=8)
+    assert separator.chunk_size == window and separator.batch_size == 3
+    assert separator.batch_note.startswith("3 window(s) at a time instead of 8")
+    assert window_bytes(model, window, batch=4) > max_memory * GIB

@@ -35,7 +35,8 @@ def separate_command(args, overrides):
     give_back_large_blocks()  # this process's policy: window memory as nass.inference.memory estimates
     try:
         separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
-                                   progress=sys.stderr.isatty(), max_memory=args.max_memory)
+                                   progress=sys.stderr.isatty(), max_memory=args.max_memory,
+                                   batch_size=args.batch_size)
     except PrecisionError as err:
         report(f"--precision {args.precision}: {err}")
         return EXIT_FAILED
@@ -59,26 +60,43 @@ def separate_command(args, overrides):
         return EXIT_FAILED
     what = "ONNX model" if args.onnx else "checkpoint"
     print(f"nass separate: using {what} {separator.checkpoint}")
-    if separator.window_note:
-        report(separator.window_note, level="note")
+    for note in (separator.window_note, separator.batch_note):
+        if note:
+            report(note, level="note")
     failed = 0
-    for path, paths in tqdm(plan.items(), disable=None, unit="file", desc="files"):
-        sidecar = report_path(path, args.out_dir)
-        try:
-            existing = [p.name for p in [*paths.values(), sidecar] if p.exists()]
-            if existing and not args.overwrite:
-                verb = "exists" if len(existing) == 1 else "exist"
-                raise FileExistsError(
-                    f"{', '.join(existing)} already {verb} from before this run "
-                    f"(use --overwrite to replace)"
-                )
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", TruncatedAudioWarning)
-                waveform, sample_rate = read_audio(path)
+
+    def readable():
+        """``((path, rate), waveform, rate)`` of each input that may be separated; the others reported."""
+        nonlocal failed
+        for path, paths in plan.items():
+            try:
+                existing = [p.name for p in [*paths.values(), report_path(path, args.out_dir)]
+                            if p.exists()]
+                if existing and not args.overwrite:
+                    verb = "exists" if len(existing) == 1 else "exist"
+                    raise FileExistsError(
+                        f"{', '.join(existing)} already {verb} from before this run "
+                        f"(use --overwrite to replace)"
+                    )
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", TruncatedAudioWarning)
+                    waveform, sample_rate = read_audio(path)
+            except (AudioInputError, OSError) as err:
+                failed += 1
+                report(f"{path}: {err}")
+                continue
             for warning in caught:
                 report(str(warning.message), level="warning")
-            sources = separator.separate_tensor(waveform, sample_rate,
-                                                noise_output=args.noise_output)
+            yield (path, sample_rate), waveform, sample_rate
+
+    # Windows of consecutive inputs are separated in batches (Separator.separate_each).
+    separated = separator.separate_each(readable(), noise_output=args.noise_output)
+    for (path, sample_rate), sources in tqdm(separated, total=len(plan), disable=None,
+                                             unit="file", desc="files"):
+        paths, sidecar = plan[path], report_path(path, args.out_dir)
+        try:
+            if isinstance(sources, Exception):
+                raise sources
             save_sources(sources, sample_rate, paths, overwrite=args.overwrite,
                          normalize=args.normalize)
             save_report(sources.report, path, paths, sidecar)
