@@ -27,16 +27,22 @@ from nass.cli import EXIT_FAILED, EXIT_OK, report
 from nass.inference import Separator
 from nass.inference.memory import MemoryBudgetError
 from nass.inference.process import give_back_large_blocks
-from nass.model.precision import PrecisionError
+from nass.model.precision import PrecisionError, SlowPrecisionWarning
 
 
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
     give_back_large_blocks()  # this process's policy: window memory as nass.inference.memory estimates
     try:
-        separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
-                                   progress=sys.stderr.isatty(), max_memory=args.max_memory,
-                                   batch_size=args.batch_size)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SlowPrecisionWarning)
+            separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
+                                       progress=sys.stderr.isatty(), max_memory=args.max_memory,
+                                       batch_size=args.batch_size)
+        # The rule is asked more than once while loading: each message once.
+        for message in dict.fromkeys(str(w.message) for w in caught
+                                     if issubclass(w.category, SlowPrecisionWarning)):
+            report(message, level="warning")
     except PrecisionError as err:
         report(f"--precision {args.precision}: {err}")
         return EXIT_FAILED
