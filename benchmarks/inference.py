@@ -91,7 +91,7 @@ from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
 import nass  # noqa: E402
 from nass.model.loading import load_model  # noqa: E402
-from nass.inference.memory import measure_windows  # noqa: E402
+from memory_probe import measure_windows  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
 from nass.model.precision import precision_dtype, set_precision  # noqa: E402
 
