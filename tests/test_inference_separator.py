@@ -449,3 +449,22 @@ def test_a_batch_size_that_is_not_a_whole_number_is_refused(separator):
     for wrong in (0, 2.5, True):
         with pytest.raises(ValueError, match="batch_size must be a whole number"):
             Separator(separator.model, 8000, batch_size=wrong)
+
+
+@pytest.mark.slow
+def test_compiled_separation_equals_eager_and_compiles_once(separator):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = Separator(separator.model, 8000, chunk_seconds=0.5, batch_size=3)
+    compiled = Separator(separator.model, 8000, chunk_seconds=0.5, batch_size=3, compile=True)
+    first, second = speech_like(2.3, 8000), speech_like(1.7, 8000, seed=1)  # 6 and 4 windows
+    out = compiled.separate_tensor(first, 8000)
+    assert compiled.compile_note.startswith("model compiled for 3 x 0.5 s windows")
+    # Another length, a batch not full: the same compiled shape, nothing compiled again.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = compiled.separate_tensor(second, 8000)
+    for result, mixture in ((out, first), (again, second)):
+        reference = eager.separate_tensor(mixture, 8000)
+        for name in reference:
+            assert torch.allclose(result[name], reference[name], atol=1e-4, rtol=1e-3), name

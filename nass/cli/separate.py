@@ -38,7 +38,7 @@ def separate_command(args, overrides):
             warnings.simplefilter("always", SlowPrecisionWarning)
             separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
                                        progress=sys.stderr.isatty(), max_memory=args.max_memory,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, compile=args.compile)
         # The rule is asked more than once while loading: each message once.
         for message in dict.fromkeys(str(w.message) for w in caught
                                      if issubclass(w.category, SlowPrecisionWarning)):
@@ -117,6 +117,8 @@ def separate_command(args, overrides):
                        f"was taken (one-voice scores {scores}; see {sidecar}); to choose "
                        f"another, rerun with --noise-output K --overwrite", level="warning")
             tqdm.write(f"{path} -> {', '.join(str(p) for p in paths.values())}")
+    if separator.compile_note:
+        report(separator.compile_note, level="note")
     if failed:
         report(f"{failed} of {len(args.inputs)} input(s) failed")
         return EXIT_FAILED

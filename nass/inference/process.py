@@ -14,10 +14,14 @@ from pathlib import Path
 
 import torch
 
-# glibc's mallopt parameter, and the size from which freed blocks go straight
+# glibc's mallopt parameters, and the size from which freed blocks go straight
 # back to the system (see give_back_large_blocks).
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 LARGE_BLOCK = 2**20
+# Free memory at the top of the heap kept for reuse up to this much (glibc's int).
+KEEP_FREED = 2**31 - 1
 
 
 def in_a_child(function, *args):
@@ -81,3 +85,10 @@ def give_back_large_blocks():
     """
     mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
     return bool(mallopt) and mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK) == 1
+
+
+def reuse_freed_memory():
+    """Has glibc's malloc keep every block on its heap and reuse freed memory; True if it could."""
+    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
+    return bool(mallopt) and mallopt(M_MMAP_MAX, 0) == 1 and \
+        mallopt(M_TRIM_THRESHOLD, KEEP_FREED) == 1

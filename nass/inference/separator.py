@@ -29,6 +29,7 @@ Example
 """
 
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
@@ -110,10 +111,20 @@ class Separator:
         :meth:`separate_each`) run through the model at once, fewer if
         ``max_memory`` cannot hold them (the number used: ``self.batch_size``).
         Default: :data:`DEFAULT_BATCH` for the device.
+    compile : bool
+        Run whole windows through ``torch.compile`` of the model, always as
+        one ``[batch_size, window]`` shape, so it compiles once (on the
+        first batch; the time is kept as ``compile_note``) and never again:
+        a batch with fewer windows is filled with windows of zeros (rows of
+        a batch are computed independently, so this is exact), and a
+        window of another length (the last of a recording, a short
+        recording, or every one with one pass) runs through the model
+        uncompiled, as padding it would change the outputs.
     """
 
     def __init__(self, model, sample_rate, chunk_seconds=None, device="cpu", checkpoint=None,
-                 progress=False, precision="fp32", max_memory=None, batch_size=None):
+                 progress=False, precision="fp32", max_memory=None, batch_size=None,
+                 compile=False):
         self.outputs = model.outputs
         self.device = _device(device)
         precision_dtype(precision, self.device)
@@ -132,6 +143,11 @@ class Separator:
                                                         self.max_memory, most)
         if self.batch_note:
             logger.info(self.batch_note)
+        if compile and not any(True for _ in self.model.parameters()):
+            raise ValueError("compile (--compile): a model run by ONNX Runtime is not compiled "
+                             "by torch; leave it out")
+        self.compiled = torch.compile(self.model, dynamic=False) if compile else None
+        self.compile_note = None
 
     @classmethod
     def from_hparams(cls, hparams_file, checkpoint, overrides=None, **options):
@@ -343,7 +359,19 @@ class Separator:
 
     def _run_model(self, mixture):
         """``[B, t, S]`` float32 CPU outputs of ``mixture`` ``[B, t]``."""
-        return self.model(mixture.to(self.device)).float().cpu()
+        rows, length = mixture.shape
+        if self.compiled is None or length != self.chunk_size:
+            return self.model(mixture.to(self.device)).float().cpu()
+        batch = torch.zeros(self.batch_size, length, device=self.device)
+        batch[:rows] = mixture.to(self.device)
+        start = time.perf_counter()
+        outputs = self.compiled(batch)[:rows].float().cpu()
+        if self.compile_note is None:
+            self.compile_note = (f"model compiled for {self.batch_size} x "
+                                 f"{length / self.sample_rate:g} s windows: the first batch took "
+                                 f"{time.perf_counter() - start:.1f} s, compiling included")
+            logger.info(self.compile_note)
+        return outputs
 
     def check_noise_output(self, noise_output):
         """Raises ValueError saying why ``noise_output`` cannot be the noise output (None is fine)."""
