@@ -6,18 +6,17 @@
 Each policy separates the same recording (the release-size Sepformer-NASS with
 random weights, as ``benchmarks/inference.py``) in a fresh process of its own,
 on one thread, the policies one after the other; each process reports, for
-the separation alone (model loaded, one untimed pass over the file first is
-*not* made: every window's tensors are new to the process, as in ``nass
-separate``), wall, user and system seconds and minor page faults from
-``getrusage``, and its peak resident memory. Policies:
+the separation alone (after the model is loaded; no warm-up pass, as in
+``nass separate``), wall, user and system seconds and minor page faults from
+``getrusage``, and its peak resident memory (the model's included). Policies:
 
 * ``mmap-1mib``: glibc, blocks of 1 MiB or more mapped on their own
-  (:func:`nass.inference.process.give_back_large_blocks`, ``nass separate``
-  before this benchmark);
+  (:func:`nass.inference.process.give_back_large_blocks`, what ``nass
+  separate`` set before 2026-12-04);
 * ``glibc``: glibc as it starts (blocks over its dynamic threshold, at most
   32 MiB, mapped on their own);
 * ``heap``: glibc never mapping blocks on their own and keeping freed memory
-  (:func:`nass.inference.process.reuse_freed_memory`);
+  (:func:`nass.inference.process.reuse_freed_memory`, what ``nass separate`` sets);
 * ``jemalloc``, ``tcmalloc``: those allocators through ``LD_PRELOAD``, where
   their libraries are installed (``libjemalloc2``, ``libtcmalloc-minimal4``).
 

@@ -18,7 +18,7 @@ from nass.cli import main
 from nass.inference import MemoryBudgetError, Separator
 from nass.model.loading import load_model
 from nass.inference.memory import GIB, forward_bytes, longest_window, window_bytes
-from nass.inference.process import give_back_large_blocks
+from nass.inference.process import give_back_large_blocks, in_a_child, reuse_freed_memory
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from memory_probe import measure_windows  # noqa: E402  (a benchmark's measuring harness)
@@ -49,6 +49,29 @@ def test_the_estimate_is_within_20_percent_of_the_measured_peak():
 
 def test_malloc_is_set_where_it_is_glibc():
     assert give_back_large_blocks() == (platform.libc_ver()[0] == "glibc")
+
+
+def faults_of_a_repeated_large_tensor(policy):
+    """Minor page faults while filling a 64 MiB tensor made and freed twice before, as windows are."""
+    import resource
+
+    policy()
+    size = 2**24                                 # float32: 64 MiB, twice glibc's largest threshold
+    for _ in range(2):
+        made = torch.ones(size)
+        del made
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    made = torch.ones(size)
+    del made
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc is what is set")
+def test_separating_reuses_freed_memory_instead_of_fresh_pages():
+    pages = 2**26 // os.sysconf("SC_PAGE_SIZE")
+    # Each in a child: the policy holds for the whole process.
+    assert in_a_child(faults_of_a_repeated_large_tensor, lambda: None) > pages / 2
+    assert in_a_child(faults_of_a_repeated_large_tensor, reuse_freed_memory) < pages / 20
 
 
 def test_the_estimate_follows_the_attention_quadratic_or_not():

@@ -26,13 +26,13 @@ from nass.audio import (
 from nass.cli import EXIT_FAILED, EXIT_OK, report
 from nass.inference import Separator
 from nass.inference.memory import MemoryBudgetError
-from nass.inference.process import give_back_large_blocks
+from nass.inference.process import reuse_freed_memory
 from nass.model.precision import PrecisionError, SlowPrecisionWarning
 
 
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
-    give_back_large_blocks()  # this process's policy: window memory as nass.inference.memory estimates
+    reuse_freed_memory()  # each window's tensors on the memory of the last, no fresh pages
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SlowPrecisionWarning)
