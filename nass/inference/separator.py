@@ -48,9 +48,10 @@ from nass.model.precision import check_finite, precision_dtype, set_precision
 logger = logging.getLogger(__name__)
 
 # Windows run through the model at once unless asked otherwise, per device
-# type. A GPU runs 30 s windows 2.3x faster per window at 16 than one by one
-# (bf16, H200; benchmarks/README.md); a CPU's matrix products are large
-# enough already at one window, and more would only multiply the memory.
+# type. On a GPU a 30 s window took 37 ms at 16 per batch against 87 ms one
+# at a time (bf16, H200, as reported in issue 19); on a CPU a window's matrix
+# products fill the cores already (2 windows per batch were no faster per
+# window here, benchmarks/README.md) and more windows only multiply the memory.
 DEFAULT_BATCH = {"cuda": 16, "cpu": 1}
 
 
