@@ -18,7 +18,7 @@ from nass.cli import main
 from nass.inference import MemoryBudgetError, Separator
 from nass.model.loading import load_model
 from nass.inference.memory import GIB, forward_bytes, longest_window, window_bytes
-from nass.inference.process import give_back_large_blocks, in_a_child, reuse_freed_memory
+from nass.inference.process import give_back_large_blocks
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from memory_probe import measure_windows  # noqa: E402  (a benchmark's measuring harness)
@@ -51,27 +51,33 @@ def test_malloc_is_set_where_it_is_glibc():
     assert give_back_large_blocks() == (platform.libc_ver()[0] == "glibc")
 
 
-def faults_of_a_repeated_large_tensor(policy):
-    """Minor page faults while filling a 64 MiB tensor made and freed twice before, as windows are."""
-    import resource
-
-    policy()
-    size = 2**24                                 # float32: 64 MiB, twice glibc's largest threshold
-    for _ in range(2):
-        made = torch.ones(size)
-        del made
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    made = torch.ones(size)
+# Minor page faults while filling a 64 MiB tensor (twice glibc's largest mapping
+# threshold) made and freed twice before, as windows are; argv[1]: the policy.
+REPEATED_TENSOR_FAULTS = """
+import resource, sys, torch
+from nass.inference.process import give_back_large_blocks, reuse_freed_memory
+assert {"mapped": give_back_large_blocks, "reused": reuse_freed_memory}[sys.argv[1]]()
+for _ in range(2):
+    made = torch.ones(2**24)
     del made
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+made = torch.ones(2**24)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc is what is set")
 def test_separating_reuses_freed_memory_instead_of_fresh_pages():
     pages = 2**26 // os.sysconf("SC_PAGE_SIZE")
-    # Each in a child: the policy holds for the whole process.
-    assert in_a_child(faults_of_a_repeated_large_tensor, lambda: None) > pages / 2
-    assert in_a_child(faults_of_a_repeated_large_tensor, reuse_freed_memory) < pages / 20
+    faults = {}
+    # Each in a fresh process: the policy holds for the whole process (and nass
+    # separate run in-process by other tests has set this one's).
+    for policy in ("mapped", "reused"):
+        run = subprocess.run([sys.executable, "-c", REPEATED_TENSOR_FAULTS, policy],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        faults[policy] = int(run.stdout.split()[-1])
+    assert faults["mapped"] > pages / 2 and faults["reused"] < pages / 20, faults
 
 
 def test_the_estimate_follows_the_attention_quadratic_or_not():
