@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["nass", "nass.*"]),
-    package_data={"nass": ["assets/*", "assets/**/*", "hparams/*.yaml"]},
+    package_data={"nass": ["assets/*", "assets/**/*"]},
     install_requires=[
         "torch",
         "torchaudio",

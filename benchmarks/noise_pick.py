@@ -2,7 +2,8 @@
 
     python benchmarks/noise_pick.py --samples DIR            # the held-out evaluation set
     python benchmarks/noise_pick.py --samples DIR --split dev
-    python benchmarks/noise_pick.py --samples DIR --fit --mixtures 20   # refit the weights
+
+Refitting the shipped weights is ``tools/fit_noise_id.py``, on the ``dev`` split.
 
 ``DIR`` is SpeechBrain's ``tests/samples`` folder (from a clone of
 speechbrain/speechbrain, or ``git --git-dir=<mirror> archive HEAD tests/samples
@@ -27,7 +28,7 @@ noise, in every order of the outputs (6 per mixture).
 
 Talkers, noises and RIRs are split into a ``dev`` set (looked at while
 choosing the features and constants of :mod:`nass.inference.noise_id`, and the only
-data ``--fit`` fits its weights on, with a seed of its own) and an ``eval``
+data ``tools/fit_noise_id.py`` fits the weights on, with a seed of its own) and an ``eval``
 set (the figures reported), see :data:`SPLITS`. The last line is
 ``acc_none=<%> acc_m20=<%> acc_m10=<%> acc_m5=<%> acc_all=<%> n=<picks> close_pct=<%>``
 (accuracy per leakage, over all; picks made; picks flagged as close calls).
@@ -35,7 +36,6 @@ set (the figures reported), see :data:`SPLITS`. The last line is
 
 import argparse
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,7 @@ from _common import REPO_ROOT, format_table, last_line, machine_summary, use_che
 use_checkout()
 
 from nass.inference.noise_id import (  # noqa: E402
-    CLOSE_MARGIN, FEATURES, MAX_Z, WEIGHTS_FILE, NoiseChoice, features, identify_noise,
-    score_network, speech_likeness)
+    CLOSE_MARGIN, NoiseChoice, identify_noise, speech_likeness)
 
 RATE = 8000
 SECONDS = 4.0
@@ -272,56 +271,6 @@ def run(lib, n_mixtures, seed, identify=identify_noise):
     return results, margins
 
 
-def fit(lib, n_mixtures, seed, path, hidden=8, l2=0.001):
-    """Fits the weights of :func:`nass.inference.noise_id.one_voice_scores` and writes them to ``path``.
-
-    A conditional logistic regression: over the three outputs of a mixture,
-    ``softmax(-score)`` is the probability of each being the noise, and the
-    cross-entropy of the true noise output (plus ``l2`` times the squared
-    weights) is minimised with L-BFGS, from a seeded start; the score is
-    :func:`nass.inference.noise_id.score_network` of the standardised features.
-    """
-    rows = torch.stack([torch.stack([features(outputs[:, k], RATE) for k in range(3)])
-                        for _, outputs in cases(lib, n_mixtures, seed)])
-    flat = rows.reshape(-1, rows.shape[-1])
-    mean, scale = flat.mean(dim=0), flat.std(dim=0).clamp(min=1e-9)
-    standardised = ((rows - mean) / scale).clamp(-MAX_Z, MAX_Z)
-    generator = torch.Generator().manual_seed(seed)
-    params = [(0.3 * torch.randn(len(FEATURES), hidden, generator=generator, dtype=torch.float64)),
-              torch.zeros(hidden, dtype=torch.float64),
-              (0.3 * torch.randn(hidden, generator=generator, dtype=torch.float64))]
-    for p in params:
-        p.requires_grad_()
-    optimiser = torch.optim.LBFGS(params, max_iter=500, line_search_fn="strong_wolfe")
-    target = torch.full((rows.shape[0],), 2)
-
-    def loss():
-        optimiser.zero_grad()
-        scores = score_network(standardised, *params)
-        value = (torch.nn.functional.cross_entropy(-scores, target)
-                 + l2 * sum(p.pow(2).sum() for p in params))
-        value.backward()
-        return value
-
-    optimiser.step(loss)
-    right = (score_network(standardised, *params).argmin(dim=1) == 2).double().mean()
-
-    def rounded(tensor):
-        return torch.round(tensor.detach(), decimals=6).tolist()
-
-    data = {
-        "about": "weights of nass.inference.noise_id.one_voice_scores, written by benchmarks/noise_pick.py "
-                 f"--fit on the 'dev' split, {n_mixtures} mixtures per condition, seed {seed}, "
-                 f"{hidden} hidden units, l2 {l2}",
-        "features": list(FEATURES),
-        "mean": rounded(mean), "scale": rounded(scale),
-        "hidden_weights": rounded(params[0]), "hidden_bias": rounded(params[1]),
-        "weights": rounded(params[2]),
-    }
-    Path(path).write_text(json.dumps(data) + "\n", encoding="utf-8")
-    print(f"fitted on {rows.shape[0]} mixtures ({100 * right:.1f} % of them right); wrote {path}")
-
-
 def _leak_name(leakage):
     return "none" if leakage is None else f"{leakage:g} dB"
 
@@ -344,18 +293,10 @@ def main():
                              "speech_likeness; its margins are not log-odds)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the features are many small steps)")
-    parser.add_argument("--fit", action="store_true",
-                        help=f"fit the weights on the dev split and write them to {WEIGHTS_FILE.name} "
-                             f"(instead of measuring)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     print(machine_summary())
-    if args.fit:
-        # A seed of its own, so that fitting never sees the mixtures that are measured.
-        fit(Library(args.samples, args.librimix, SPLITS["dev"]), args.mixtures, args.seed + 1000,
-            WEIGHTS_FILE)
-        return
     lib = Library(args.samples, args.librimix, SPLITS[args.split])
     results, margins = run(lib, args.mixtures, args.seed,
                            spectral_structure_only if args.baseline else identify_noise)

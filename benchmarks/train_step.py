@@ -232,9 +232,8 @@ def pcl_alone(step, batch):
         )
     reps = predictions["reps"]
     sampler = step.brain.modules.patchsamplenet
-    frames = min(reps.shape[-1], max(sampler.min_frames,
-                                     separator.valid_frames(int(predictions["lengths"].min()))))
-    reps, clean = reps[..., :frames].detach().requires_grad_(), clean[..., :frames]
+    valid_frames = separator.valid_frames(int(predictions["lengths"].min()))
+    reps = reps.detach().requires_grad_()
 
     def run():
         with step.autocast:
@@ -246,6 +245,7 @@ def pcl_alone(step, batch):
                 assignment,
                 objective.pcl_num_patches,
                 objective.pcl_weight,
+                valid_frames=valid_frames,
             )
         pcl.mean().backward()
         reps.grad = None

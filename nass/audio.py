@@ -1,17 +1,11 @@
 """Audio files: reading and checking inputs, naming and writing outputs.
 
-Everything in nass that reads a recording to separate or writes separated
-audio goes through here (``nass separate``, :class:`nass.inference.Separator`,
-the recipes' saved test audio, ``nass demo``, ``nass plot``), so that:
-
-* inputs are read the same way, and a WAV file cut short (its header
-  declares more samples than the file holds) is read with a warning that
-  says how much is missing, never silently;
-* outputs are named the same way (``<stem>_spk1.wav .. <stem>_spkC.wav``,
-  ``<stem>_noise.wav``; :func:`output_paths`) and found again from that one
-  rule (:func:`find_outputs`);
-* outputs are written the same way: 32-bit float WAV, atomically
-  (:mod:`nass.files`), with a ``<stem>_sources.json`` report beside them.
+Everything in nass that reads a recording or writes separated audio goes
+through here, so inputs are read one way (a WAV file cut short is read with
+a warning saying how much is missing), outputs are named one way
+(``<stem>_spk1.wav .. <stem>_noise.wav``, found again by :func:`find_outputs`)
+and written one way: 32-bit float WAV, atomically (:mod:`nass.files`), with a
+``<stem>_sources.json`` report beside them.
 
 Example
 -------

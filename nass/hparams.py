@@ -1,20 +1,11 @@
 """Reading hparams files: overrides checked before anything is built, the model's settings loaded.
 
-HyperPyYAML applies ``--key value`` overrides to whatever the file holds;
-a misspelt key, a value of the wrong kind, or a key that the task at hand
-never reads would otherwise surface as a deep error or as nothing at all.
-:func:`check_overrides` names each of these in one line:
-
-* a key the file does not have, with the closest one it does have;
-* a value whose kind differs from the file's (``--batch_size abc`` where the
-  file has ``1``);
-* for separation (``purpose="inference"``), a key that does not shape the
-  model: only the settings that ``separator``, ``sample_rate`` and
-  ``outputs`` (or ``noise_assignment``) are built from (followed through
-  ``!ref``) change what ``nass separate`` does;
-* any override of the resolved copy SpeechBrain writes to
-  ``<output_folder>/hyperparams.yaml``: its references are already filled
-  in, so a new ``num_spks`` would not reach the model built from it.
+:func:`check_overrides` names in one line a key the file lacks (with the closest
+it has), a value of another kind than the file's, for separation a key that
+does not shape the model (:func:`model_settings`: what ``separator``,
+``sample_rate`` and ``outputs`` are built from), and any override of the
+resolved copy SpeechBrain saves in an output folder. :func:`load_model_hparams`
+builds a recipe file's model without touching its data or output folders.
 
 Example
 -------
@@ -38,6 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import TaggedScalar
 
 from nass.logs import quiet_torchvision_note
 
@@ -90,28 +83,31 @@ def is_resolved_copy(text):
 
 
 def model_settings(text, roots=INFERENCE_ROOTS):
-    """The top-level keys that ``roots`` are built from, following ``!ref <key>`` and ``<key>``.
+    """The top-level keys that ``roots`` are built from, following their ``!ref`` and ``!copy`` references.
 
-    A key's block is its line and the indented lines under it.
+    The file is read as YAML (tags kept, nothing built); a reference names
+    keys as ``<key>`` or ``<key.attr>``, possibly inside an expression.
     """
-    blocks, current = {}, None
-    for line in text.splitlines():
-        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
-        match = re.match(r"([A-Za-z_]\w*)\s*:", line)
-        if match:
-            current = match.group(1)
-            blocks[current] = line[match.end():]
-        elif current is not None and (line.startswith((" ", "\t")) or not line.strip()):
-            blocks[current] += "\n" + line
-        else:
-            current = None
-    needed, todo = set(), [r for r in roots if r in blocks]
+    tree = YAML(typ="rt").load(text)
+    needed, todo = set(), [r for r in roots if r in tree]
     while todo:
         key = todo.pop()
         if key not in needed:
             needed.add(key)
-            todo.extend(k for k in _REF.findall(blocks[key]) if k in blocks)
+            todo.extend(k for k in _references(tree[key]) if k in tree)
     return needed
+
+
+def _references(node):
+    """The keys a YAML node refers to (``!ref``/``!copy`` scalars, at any depth)."""
+    if isinstance(node, TaggedScalar) and node.tag.value in ("!ref", "!copy"):
+        yield from _REF.findall(node.value)
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _references(value)
 
 
 def check_overrides(overrides, text, source, purpose="training"):

@@ -1,18 +1,11 @@
 """Separation metrics per utterance: SI-SNR, BSS-Eval SDR and their improvements.
 
-* :func:`si_snr` is SpeechBrain's SI-SNR (``cal_si_snr``) on ``[..., T]``
-  tensors, differentiable, in dB.
-* :func:`pairwise_si_snr` is the ``[B, E, R]`` matrix of SI-SNR between every
-  estimate and every reference, from inner products only; the PIT losses use it.
-* :func:`sdr` is BSS-Eval v3 SDR (512-tap distortion filter, best permutation
-  by mean SIR), equal to ``mir_eval.separation.bss_eval_sources``.
-* :func:`utterance_metrics` gives the four numbers that the SpeechBrain
-  LibriMix/WHAM! recipes write per test utterance: ``si-snr``, ``si-snr_i``,
-  ``sdr`` and ``sdr_i``.
-
-Layouts follow their users: :func:`si_snr` and :func:`sdr` put time last
-(``[..., T]``, ``[n_src, T]``), :func:`pairwise_si_snr` takes SpeechBrain's
-``[B, T, C]`` batches, :func:`utterance_metrics` one utterance ``[T, C]``.
+:func:`si_snr` is SpeechBrain's SI-SNR on ``[..., T]``; :func:`pairwise_si_snr`
+every estimate against every reference (``[B, T, C]`` in, ``[B, E, R]`` out,
+from inner products: what PIT uses); :func:`sdr` BSS-Eval v3 SDR, equal to
+``mir_eval``'s ``bss_eval_sources``; :func:`utterance_metrics` the four numbers
+the recipes write per test utterance. About 440 lines: SDR's distortion-filter
+solve and the mixture baselines need their edge cases (silent or short references).
 
 Example
 -------

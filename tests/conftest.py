@@ -22,6 +22,10 @@ TINY_SEPFORMER = TINY_ARGS + [
     "--pcl_proj_dim", "16", "--pcl_num_patches", "16", "--training_signal_len", "4000",
     "--N_epochs", "1",
 ]
+# Tests compare recipe runs and SpeechBrain loaders with references computed on the CPU, so
+# they run on the CPU whatever the machine has: SpeechBrain picks CUDA when there is one.
+# (The GPU's own checks are tests/test_gpu.py.)
+ON_CPU = ["--device", "cpu"]
 TINY_DPRNN = [
     "--N_encoder_out", "16", "--out_channels", "16", "--rnn_hidden", "8",
     "--num_dual_path_layers", "1", "--chunk_size", "20",
@@ -60,6 +64,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tf32_flags():
+    """PyTorch's TF32 flags (matmul, cuDNN) as ``import speechbrain`` leaves them (on); restored after."""
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = [flag.allow_tf32 for flag in flags]
+    for flag in flags:
+        flag.allow_tf32 = True
+    yield flags
+    for flag, value in zip(flags, saved):
+        flag.allow_tf32 = value
 
 
 @pytest.fixture(scope="session")
@@ -111,8 +127,8 @@ def whamr_corpus(tmp_path_factory):
 
 
 def recipe_command(recipe, hparams, data_folder, output_folder, *extra):
-    """The argv of ``python train.py hparams ...`` run with this interpreter."""
+    """The argv of ``python train.py hparams ...`` run with this interpreter, on the CPU."""
     return [
         sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / hparams),
-        "--data_folder", str(data_folder), "--output_folder", str(output_folder), *extra,
+        "--data_folder", str(data_folder), "--output_folder", str(output_folder), *ON_CPU, *extra,
     ]

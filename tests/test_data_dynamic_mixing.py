@@ -14,7 +14,8 @@ import torch
 from speechbrain.utils.epoch_loop import EpochCounter
 from torch.utils.data import DistributedSampler
 
-from nass.data.dynamic_mixing import NOISE_LUFS, SPEECH_LUFS, DynamicMixer, dynamic_mixing_dataset
+from nass.data.dynamic_mixing import DynamicMixer, dynamic_mixing_dataset
+from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS
 from nass.data.synthetic import make_librispeech_like, make_noise_folder
 
 

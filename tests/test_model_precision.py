@@ -16,7 +16,8 @@ from nass.cli import main
 from nass.inference import Separator
 from nass.model.loading import load_model
 from nass.metrics import si_snr
-from nass.model.precision import NORMS, SlowPrecisionWarning, precision_dtype, set_precision
+from nass.model.precision import (NORMS, SlowPrecisionWarning, precision_dtype, set_precision,
+                                  set_tf32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -73,7 +74,7 @@ def test_fp16_on_a_cpu_without_native_fp16_and_unknown_precisions_are_refused(
     model = load_model(HPARAMS, TINY)
     with pytest.raises(ValueError, match="precision fp16 needs a CUDA device or a CPU with native"):
         Separator(model, 8000, precision="fp16")
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16, fp16, got 'fp8'"):
         Separator(model, 8000, precision="fp8")
     sf.write(tmp_path / "talk.wav", real_mixture().numpy(), 8000)
     # Refused before anything is loaded: the checkpoint need not even exist.
@@ -148,3 +149,26 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_one_warning_naming_fp32(tmp_path,
     assert warned == ["nass separate: warning: precision bf16: this CPU has no bf16 matrix "
                       "kernels (AVX-512 or AMX), so bf16 runs many times slower than fp32 "
                       "here; use fp32"]
+
+
+def test_tf32_on_a_cpu_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(ValueError, match="precision tf32 needs a CUDA device"):
+        Separator(load_model(HPARAMS, TINY), 8000, precision="tf32")
+    sf.write(tmp_path / "talk.wav", real_mixture().numpy(), 8000)
+    status = main(["separate", "--hparams", str(HPARAMS), "--checkpoint", str(tmp_path / "save"),
+                   "--precision", "tf32", str(tmp_path / "talk.wav")]
+                  + [arg for k, v in TINY.items() for arg in (f"--{k}", str(v))])
+    assert status == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "nass separate: error: --precision tf32: precision tf32 needs a CUDA device (device is "
+        "cpu); use fp32"]
+
+
+def test_tf32_runs_only_when_asked_for_on_cuda(tf32_flags):
+    # Flags only: setting them needs no GPU; tests/test_gpu.py measures what they do on one.
+    for precision, on in (("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)):
+        set_tf32(precision, "cuda:0")
+        assert [flag.allow_tf32 for flag in tf32_flags] == [on, on], precision
+    set_tf32("tf32", "cuda")
+    set_tf32("fp32", "cpu")   # a CPU run leaves CUDA's flags alone
+    assert [flag.allow_tf32 for flag in tf32_flags] == [True, True]

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from conftest import LIBRIMIX_HPARAMS, TINY_ARGS
+from conftest import LIBRIMIX_HPARAMS, ON_CPU, TINY_ARGS
 from nass.cli.demo import build_corpus
 from nass.training.recipe import run
 
@@ -39,7 +39,7 @@ def train_log_stats(folder):
 
 def short_run(corpus, out, patch):
     run([str(LIBRIMIX_HPARAMS), "--data_folder", str(corpus), "--output_folder", str(out),
-         *TINY_ARGS, "--pcl_proj_dim", "128", "--pcl_num_patches", "16",
+         *ON_CPU, *TINY_ARGS, "--pcl_proj_dim", "128", "--pcl_num_patches", "16",
          "--training_signal_len", "4000", "--N_epochs", str(EPOCHS), "--lr", "0.001",
          "--pcl_patch", patch, "--pcl_grad_every", "12", "--save_audio", "False",
          "--noprogressbar", "True"])

@@ -14,7 +14,8 @@ import soundfile as sf
 import torch
 import yaml
 
-from conftest import LIBRIMIX_RECIPE, REPO, TINY, TINY_DPRNN, TINY_SEPFORMER, recipe_command
+from conftest import (LIBRIMIX_RECIPE, ON_CPU, REPO, TINY, TINY_ARGS, TINY_DPRNN, TINY_SEPFORMER,
+                      recipe_command)
 from nass.model.checkpoints import CheckpointMismatchError, NoCheckpointError, checkpoint_problems
 from nass.data.dynamic_mixing import DynamicMixer
 from nass.data.synthetic import make_custom, make_librispeech_like, make_noise_folder
@@ -51,7 +52,7 @@ def check_results(folder, corpus, split_dir="test", mix="mix_both"):
 
 def run_recipe(hparams, corpus, out, *extra, tiny=TINY_SEPFORMER):
     return run([str(LIBRIMIX_RECIPE / "hparams" / hparams), "--data_folder", str(corpus),
-                "--output_folder", str(out), *tiny, *extra])
+                "--output_folder", str(out), *ON_CPU, *tiny, *extra])
 
 
 def test_sepformer_nass_trains_and_evaluates(libri2mix, tmp_path):
@@ -109,7 +110,7 @@ def test_baseline_starts_from_speechbrains_initialisation(libri2mix, tmp_path, m
 
     monkeypatch.setattr(recipe.SeparationBrain, "fit", fit)
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(tmp_path / "b"),
-            *TINY_SEPFORMER, "--noise_output", "False", "--pcl_weight", "0"]
+            *ON_CPU, *TINY_SEPFORMER, "--noise_output", "False", "--pcl_weight", "0"]
     with pytest.raises(Started):
         run(args)
     _, _, _, fresh = parse_arguments(args)          # seeds torch as the recipe does
@@ -214,6 +215,21 @@ def test_fp16_on_cpu_is_a_clear_error(libri2mix, tmp_path):
                    "--device", "cpu")
 
 
+def test_tf32_runs_as_speechbrains_fp32_with_tf32_on(tmp_path, tf32_flags):
+    from nass.training import recipe
+
+    # Flags only (setting them needs no GPU): tests/test_gpu.py trains in tf32 on one.
+    args = [SEPFORMER, "--data_folder", str(tmp_path), "--output_folder", str(tmp_path / "out"),
+            *TINY_ARGS, "--device", "cuda:0"]
+    for precision, tf32 in (("tf32", True), ("fp32", False), ("bf16", False)):
+        _, run_opts, _, hparams = parse_arguments(args + [f"--precision={precision}"])
+        assert run_opts.precision == precision
+        given = recipe._set_precision(hparams, run_opts)
+        assert given.precision == ("fp32" if precision == "tf32" else precision)
+        assert "precision" in given.overridden_args   # over the hparams' precision, as given
+        assert [flag.allow_tf32 for flag in tf32_flags] == [tf32, tf32], precision
+
+
 def _fingerprint(signal):
     return hashlib.sha1(signal.numpy().tobytes()).hexdigest()
 
@@ -272,7 +288,7 @@ def write_release_checkpoint(save, hparams, meta=None):
 def test_release_layout_checkpoint_is_evaluated_unchanged(libri2mix, tmp_path):
     out = tmp_path / "results" / "sepformer-libri2mix" / "1234"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
-            *TINY_SEPFORMER, "--test_only", "True", "--save_audio", "False", "--seed", "7"]
+            *ON_CPU, *TINY_SEPFORMER, "--test_only", "True", "--save_audio", "False", "--seed", "7"]
     _, _, _, donor = parse_arguments(args)
     ckpt = write_release_checkpoint(out / "save", donor)
     brain = run(args[:-2] + ["--seed", "1234"])
@@ -305,7 +321,7 @@ def test_release_layout_checkpoint_is_evaluated_unchanged(libri2mix, tmp_path):
 def test_checkpoint_that_does_not_fit_is_one_clear_error(libri2mix, tmp_path):
     out = tmp_path / "mismatch"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
-            *TINY_SEPFORMER, "--test_only", "True"]
+            *ON_CPU, *TINY_SEPFORMER, "--test_only", "True"]
     _, _, _, donor = parse_arguments(args)
     write_release_checkpoint(out / "save", donor)
     with pytest.raises(CheckpointMismatchError, match="makes 3 masks but the model makes 4") as err:
@@ -313,7 +329,7 @@ def test_checkpoint_that_does_not_fit_is_one_clear_error(libri2mix, tmp_path):
     assert "sepformer-libri2mix.yaml" in str(err.value) and "CKPT+2023-05-17" in str(err.value)
     dprnn = str(LIBRIMIX_RECIPE / "hparams" / "dprnn-libri2mix.yaml")
     with pytest.raises(CheckpointMismatchError, match=r"masknet.ckpt is a Sepformer .* but masknet is a DPRNN"):
-        run([dprnn, "--data_folder", str(libri2mix), "--output_folder", str(out), *TINY_DPRNN,
+        run([dprnn, "--data_folder", str(libri2mix), "--output_folder", str(out), *ON_CPU, *TINY_DPRNN,
              "--test_only", "True"])
 
 
@@ -325,7 +341,7 @@ def test_test_only_without_checkpoint_says_so(libri2mix, tmp_path):
 def test_test_only_on_an_intra_epoch_checkpoint_gives_what_separate_gives(libri2mix, tmp_path):
     out = tmp_path / "intra"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
-            *TINY_SEPFORMER, "--save_audio", "False", "--seed", "7"]
+            *ON_CPU, *TINY_SEPFORMER, "--save_audio", "False", "--seed", "7"]
     _, _, _, donor = parse_arguments(args)
     # What SpeechBrain saves every ckpt_interval_minutes inside an epoch: no si-snr.
     intra = write_release_checkpoint(
@@ -359,7 +375,7 @@ def _read_test_utterance(base, snt_id):
 def test_test_only_without_a_loadable_checkpoint_writes_no_csv(libri2mix, tmp_path):
     out = tmp_path / "broken"
     args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
-            *TINY_SEPFORMER, "--test_only", "True"]
+            *ON_CPU, *TINY_SEPFORMER, "--test_only", "True"]
     _, _, _, donor = parse_arguments(args)
     ckpt = write_release_checkpoint(out / "save", donor)
     (ckpt / "masknet.ckpt").write_bytes(b"truncated")
@@ -404,9 +420,9 @@ def test_two_process_ddp_with_pcl_stays_in_step_and_evaluates_once(libri2mix, tm
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     tiny = TINY_SEPFORMER[: TINY_SEPFORMER.index("--N_epochs")]
     recipe_args = [SEPFORMER, "--data_folder", str(libri2mix), "--output_folder", str(out),
-                   *tiny, "--N_epochs", "2", "--seed", "3", "--save_audio", "False"]
+                   *ON_CPU, *tiny, "--N_epochs", "2", "--seed", "3", "--save_audio", "False"]
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(REPO / "tests" / "ddp_probe.py"),
-           str(probe), *recipe_args, "--distributed_backend", "gloo", "--device", "cpu"]
+           str(probe), *recipe_args, "--distributed_backend", "gloo"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

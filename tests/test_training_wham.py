@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import TINY_DPRNN, TINY_SEPFORMER, WHAM_RECIPE
+from conftest import ON_CPU, TINY_DPRNN, TINY_SEPFORMER, WHAM_RECIPE
 from nass.training.recipe import parse_arguments, run
 from test_training_recipe import check_results, write_release_checkpoint
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def run_wham(hparams, corpus, out, *extra, tiny=TINY_SEPFORMER):
     return run([str(WHAM_RECIPE / "hparams" / hparams), "--data_folder", str(corpus),
-                "--output_folder", str(out), *tiny, "--save_audio", "False", *extra])
+                "--output_folder", str(out), *ON_CPU, *tiny, "--save_audio", "False", *extra])
 
 
 def test_sepformer_wham_trains_and_evaluates(wham_corpus, tmp_path):
@@ -37,7 +37,8 @@ def test_sepformer_whamr_uses_reverberant_mixtures(whamr_corpus, tmp_path):
 def test_release_checkpoint_evaluates_on_wham(wham_corpus, tmp_path):
     out = tmp_path / "release"
     args = [str(WHAM_RECIPE / "hparams" / "sepformer-wham.yaml"), "--data_folder", str(wham_corpus),
-            "--output_folder", str(out), *TINY_SEPFORMER, "--test_only", "True", "--save_audio", "False"]
+            "--output_folder", str(out), *ON_CPU, *TINY_SEPFORMER, "--test_only", "True",
+            "--save_audio", "False"]
     _, _, _, donor = parse_arguments(args)
     write_release_checkpoint(out / "save", donor)
     run(args)

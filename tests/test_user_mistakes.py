@@ -57,6 +57,8 @@ def recipe_mistakes(tmp, libri2mix, libri3mix):
             "s3: this corpus has more speakers than the 2"),
         "fp16 on a CPU": ([HPARAMS, *data, *TINY_ARGS, "--precision", "fp16", "--device", "cpu"],
                           "precision fp16 needs a CUDA device"),
+        "tf32 on a CPU": ([HPARAMS, *data, *TINY_ARGS, "--precision", "tf32", "--device", "cpu"],
+                          "--precision tf32: precision tf32 needs a CUDA device (device is cpu)"),
     }
 
 
@@ -116,6 +118,7 @@ def outcomes(tmp_path_factory, libri2mix, libri3mix):
 CASES = ["no data folder", "data folder above the corpus", "misspelt option",
          "value of the wrong kind", "test_only without a checkpoint",
          "skip_prep csv naming a missing wav", "Libri3Mix with 2-speaker hparams", "fp16 on a CPU",
+         "tf32 on a CPU",
          "out-dir is a file", "corrupt checkpoint", "hparams not YAML",
          "training option when separating", "two inputs, one output name",
          "too little memory for a window", "plot without its mixture"]

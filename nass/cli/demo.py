@@ -1,34 +1,11 @@
-"""``nass demo``: the whole NASS pipeline in a few minutes, on a CPU, with no data and no network.
+"""``nass demo``: the whole pipeline in minutes on a CPU, with no data and no network.
 
-1. **Corpus.** Mixes the read speech and real noise shipped in
-   ``nass/assets`` (see its ``ATTRIBUTION.md``) the LibriMix way (random
-   excerpts, offsets and levels: speech at -33..-25 dBFS RMS, noise at
-   -38..-30 dBFS, the minimum length of the pair) into a small noisy
-   Libri2Mix (``wav8k/min/{train-100,dev,test}/{mix_both,mix_clean,s1,s2,noise}``).
-2. **Training.** Trains a small noise-aware Sepformer with PCL with the
-   LibriMix recipe itself (:func:`nass.training.recipe.run` on its
-   ``sepformer-libri2mix.yaml``, with small-model overrides). Unless ``epochs`` is given, one epoch is timed
-   and training resumes for as many epochs as fit ``minutes``.
-3. **Evaluation.** The recipe's ``test_results.csv``, summarised as a table
-   with the unprocessed mixture as the baseline (its SI-SNRi and SDRi are 0
-   by definition, so its SI-SNR and SDR are given too).
-4. **Use.** Separates one test mixture into speakers and noise with
-   :class:`nass.inference.Separator` and draws its spectrograms with
-   :func:`nass.cli.plot.plot_spectrograms`.
-
-The recipe's hparams file ships inside the package (``nass/assets`` links to
-``recipes/LibriMix/separation/hparams/sepformer-libri2mix.yaml``, and a
-wheel holds the file itself), so the demo runs from any install and trains
-exactly as users do.
-
-The demo writes only into an ``out_dir`` that is new, empty, or made by an
-earlier demo (it leaves a ``.nass-demo`` file there); a rerun replaces the
-corpus and training run it made before, and never touches a folder it did
-not make.
-
-With four short speech excerpts and two noise recordings, test mixtures
-reuse the voices and noises of training (in other pairs, excerpts, offsets
-and levels), and minutes of CPU training teach a Sepformer little: the
+It mixes the speech and noise shipped in ``nass/assets`` the LibriMix way into
+a small noisy Libri2Mix, trains a small NASS Sepformer with the LibriMix recipe
+itself (its hparams file ships in the package), summarises ``test_results.csv``
+against the unprocessed mixture, separates a test mixture and plots it. It
+writes only into an ``out_dir`` that is new, empty or an earlier demo's (marked
+by a ``.nass-demo`` file). Four speech excerpts and minutes of training: the
 numbers show that the pipeline runs, not how well NASS separates.
 """
 
@@ -43,6 +20,7 @@ import soundfile as sf
 from nass.audio import output_paths, save_sources
 from nass.cli import EXIT_FAILED, EXIT_OK, report
 from nass.cli.plot import plot_spectrograms
+from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_loudness, without_clipping
 from nass.inference import Separator
 from nass.model.loading import recipe_hparams
 from nass.training.recipe import run
@@ -52,10 +30,6 @@ RECIPE_HPARAMS = recipe_hparams()
 # Marks an out_dir as the demo's own, so that a rerun may replace what is in it.
 MARKER = ".nass-demo"
 SAMPLE_RATE = 8000
-# LibriMix's levels (LUFS there, RMS here: close enough for speech and noise).
-SPEECH_DBFS = (-33.0, -25.0)
-NOISE_DBFS = (-38.0, -30.0)
-PEAK = 0.9
 # Mixtures per split and the longest training mixture, in seconds.
 CORPUS = {"train-100": 24, "dev": 3, "test": 3}
 QUICK_CORPUS = {"train-100": 4, "dev": 2, "test": 2}
@@ -245,21 +219,15 @@ def build_corpus(root, seed=0, counts=None, train_seconds=TRAIN_SECONDS):
 
 
 def _mixture_sources(rng, speech1, speech2, noise, limit_seconds):
-    """Excerpts of two speakers and a noise, of one length, at LibriMix-like levels."""
+    """Excerpts of two speakers and a noise, of one length, mixed the LibriMix way (:mod:`nass.data.mixing`)."""
     length = min(len(speech1), len(speech2), len(noise))
     if limit_seconds is not None:
         length = min(length, int(limit_seconds * SAMPLE_RATE))
     signals = []
-    for source, levels in ((speech1, SPEECH_DBFS), (speech2, SPEECH_DBFS), (noise, NOISE_DBFS)):
+    for source, levels in ((speech1, SPEECH_LUFS), (speech2, SPEECH_LUFS), (noise, NOISE_LUFS)):
         start = rng.integers(len(source) - length + 1)
-        excerpt = source[start:start + length]
-        rms = np.sqrt(np.mean(excerpt ** 2)) + 1e-12
-        signals.append(excerpt * 10 ** (rng.uniform(*levels) / 20) / rms)
-    # Scale together, as LibriMix does, so that no file clips.
-    peak = max(np.abs(sum(signals)).max(), *(np.abs(s).max() for s in signals))
-    if peak > PEAK:
-        signals = [s * PEAK / peak for s in signals]
-    return [np.round(s * 32768) / 32768 for s in signals]
+        signals.append(to_loudness(source[start:start + length], rng.uniform(*levels), SAMPLE_RATE))
+    return without_clipping(signals)
 
 
 def results_table(csv_path):

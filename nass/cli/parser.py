@@ -65,13 +65,16 @@ def build_parser():
                                    "<input>_sources.json) the noise, instead of the one "
                                    "identified"),
         separate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)"),
-        separate.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                              help="fp32: the exact model (default); bf16: the mask network's "
-                                   "weights in bf16 (less memory; faster on CPUs with AMX and on "
-                                   "GPUs), outputs about 40 dB SI-SNR from fp32's; fp16: the same "
-                                   "in fp16 (closer to fp32 than bf16, smaller range), on CUDA "
-                                   "and on CPUs with native fp16 matrix products (AVX512-FP16, "
-                                   "AMX-FP16)"),
+        separate.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
+                              help="fp32: the exact model (default; on CUDA with TF32 off, "
+                                   "although SpeechBrain turns it on at import); tf32: fp32 "
+                                   "weights with TF32 matrix products and convolutions (CUDA "
+                                   "only); bf16: the mask network's weights in bf16 (less memory; "
+                                   "faster on CPUs with AMX and on GPUs), outputs about 40 dB "
+                                   "SI-SNR from fp32's; fp16: the same in fp16 (closer to fp32 "
+                                   "than bf16, smaller range), on CUDA and on CPUs with native "
+                                   "fp16 matrix products (AVX512-FP16, AMX-FP16). Agreement with "
+                                   "the CPU's fp32 on CUDA: README.md"),
         separate.add_argument("inputs", nargs="+", metavar="INPUT",
                               help="audio files (any format soundfile reads; any sample rate; "
                                    "multichannel files are averaged to mono)"),

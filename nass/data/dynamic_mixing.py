@@ -1,21 +1,11 @@
 """Dynamic mixing: a fresh noisy mixture for every training example.
 
-C utterances of C different speakers (LibriSpeech for LibriMix, WSJ0 for
-WHAM!) and one noise excerpt (WHAM! noise) are drawn at random, resampled
-to the recipe's rate, cropped to a common length, loudness-normalised the
-way LibriMix does (speech -33..-25 LUFS, noise -38..-30 LUFS, pyloudnorm)
-and summed; the whole mixture is scaled down together if it would clip.
-
-A speaker is the first folder under ``base_folder_dm``
-(``LibriSpeech/train-clean-100/<speaker>/<chapter>/*.flac``,
-``wsj0/si_tr_s/<speaker>/*.wav``).
-
-Mixture ``i`` of epoch ``e`` is a function of ``(seed, e, i)`` only: its
-random numbers come from a generator seeded with those three numbers. So the
-mixtures are the same whatever the number of loader workers or DDP
-processes, differ from one epoch to the next, and a resumed run draws the
-mixtures of the epoch it resumes, not those it has already trained on. DDP
-processes read disjoint indices (SpeechBrain's ``DistributedSampler``).
+C utterances of C speakers (LibriSpeech, or WSJ0; a speaker is the first
+folder under ``base_folder_dm``) and a WHAM! noise excerpt are drawn, resampled,
+cropped to one length and mixed the LibriMix way (:mod:`nass.data.mixing`).
+Mixture ``i`` of epoch ``e`` depends on ``(seed, e, i)`` only, so it is the same
+whatever the number of loader workers or DDP processes, and a resumed run
+draws the mixtures of the epoch it resumes.
 """
 
 import logging
@@ -23,20 +13,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyloudnorm
 import soundfile as sf
 import speechbrain as sb
 import torch
 import torchaudio.functional as AF
 
+from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_loudness, without_clipping
+
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac")
-SPEECH_LUFS = (-33.0, -25.0)
-NOISE_LUFS = (-38.0, -30.0)
-_CLIP = 0.9
-# pyloudnorm's gating block; shorter signals are normalised by RMS instead.
-_MIN_LOUDNESS_SECONDS = 0.4
 
 
 def _audio_files(folder):
@@ -98,7 +84,6 @@ class DynamicMixer:
             problems.append(f"noise_folder_dm {noise_folder} holds no .wav/.flac noise files")
         if problems:
             raise ValueError("dynamic mixing: " + "; ".join(problems))
-        self._meters = {}
 
     def _load(self, path):
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
@@ -116,15 +101,7 @@ class DynamicMixer:
 
     def _normalise(self, audio, lufs_range, rng):
         target = float(rng.uniform(*lufs_range))
-        signal = audio.double().numpy()
-        if audio.shape[0] >= _MIN_LOUDNESS_SECONDS * self.sample_rate:
-            meter = self._meters.setdefault(self.sample_rate, pyloudnorm.Meter(self.sample_rate))
-            loudness = meter.integrated_loudness(signal)
-        else:
-            loudness = 20 * np.log10(np.sqrt(np.mean(signal**2)) + 1e-12)
-        if not np.isfinite(loudness):
-            return audio
-        return audio * float(10 ** ((target - loudness) / 20))
+        return to_loudness(audio.double().numpy(), target, self.sample_rate)
 
     def mixture(self, epoch, index):
         """Example ``index`` of ``epoch``: ``{"mix", "s1".."sC", "noise"}`` 1-D float tensors."""
@@ -143,11 +120,8 @@ class DynamicMixer:
         sources = [self._normalise(self._crop(u, length, rng), SPEECH_LUFS, rng) for u in utts]
         noise = self._load(self.noises[int(rng.integers(len(self.noises)))])
         sources.append(self._normalise(self._crop(noise, length, rng), NOISE_LUFS, rng))
-        stacked = torch.stack(sources)
+        stacked = torch.from_numpy(np.stack(without_clipping(sources))).float()
         mix = stacked.sum(0)
-        peak = float(mix.abs().max())
-        if peak > _CLIP:
-            stacked, mix = stacked * (_CLIP / peak), mix * (_CLIP / peak)
         example = {"mix": mix}
         for k in range(self.num_spks):
             example[f"s{k + 1}"] = stacked[k]

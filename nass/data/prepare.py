@@ -1,21 +1,12 @@
 """Data preparation: check a corpus folder, then write one csv per split.
 
-Every supported corpus is a *layout*: per split, a mixture folder and one
-folder per target (speakers, then noise), all holding files of the same
-names. :func:`prepare_layout` does the work for all of them; the per-corpus
-functions only name the folders:
-
-* :func:`librimix_layout` ``<Libri2Mix>/wav8k/min/{train-100,dev,test}/{mix_both,s1,s2,noise}``
-* :func:`wham_layout` ``<wham>/wav8k/min/{tr,cv,tt}/{mix_both,s1,s2,noise}`` (and WHAMR!)
-* :func:`custom_layout` ``<folder>/{train,valid,test}/{mixture,source1,source2,noise}``
-
-Before anything is written the whole folder is checked; every missing,
-unreadable, empty, multi-channel or wrongly sampled file is listed in one
-:class:`DataFolderError`, and existing csvs are left as they were. The csvs
-(``ID, duration, mix_wav, s1_wav.., noise_wav``; IDs are file stems, rows
-sorted, absolute paths) are rebuilt from the folder on every run (a scan of
-file headers only), so a run on another ``data_folder`` never reuses stale
-lists; ``skip_prep`` trusts existing csvs instead.
+Every corpus is a *layout* (:class:`Layout`): per split, a mixture folder and
+one folder per target (speakers, then noise) holding files of the same names;
+:func:`librimix_layout`, :func:`wham_layout` and :func:`custom_layout` only
+name the folders. The whole folder is checked before anything is written
+(every missing, unreadable, empty, multichannel or wrongly sampled file is
+listed in one :class:`DataFolderError`); the csvs are rebuilt from the folder
+on every run unless ``skip_prep`` trusts them.
 """
 
 import csv

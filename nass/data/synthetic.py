@@ -1,31 +1,12 @@
-"""Tiny synthetic corpora, written in the on-disk layouts of the real ones.
+"""Tiny synthetic corpora in the on-disk layouts of the real ones, for tests and trials.
 
-A clone of the project has no data, so tests, examples and recipe smoke runs
-use these. Each corpus is written where and how the real one keeps its files
-(folder names, file names, mono 16-bit PCM, LibriMix's metadata csvs), so the
-code that reads them is the code that reads the real corpus.
-
-* :func:`make_librimix` ``Libri{2,3}Mix/wav8k/{min,max}/{train-100,..}/{mix_both,..,s1,s2,noise}``
-* :func:`make_wham` ``wav8k/{min,max}/{tr,cv,tt}/{mix_both,..,s1,s2,noise}`` (or WHAMR!)
-* :func:`make_custom` ``{train,valid,test}/{mixture,source1,source2,noise}``
-* :func:`make_librispeech_like` ``<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``
-* :func:`make_noise_folder` ``<name>.wav`` noise files
-
-Sources are speech-like: harmonic voiced syllables on a per-speaker pitch
-(90-250 Hz, with vibrato and slow intonation), a formant envelope that moves
-between vowels, syllable-rate (3-6 Hz) amplitude modulation and pauses. A
-speaker's voice is a function of its identity only, so a speaker sounds the
-same in every mixture, and the speakers of one mixture are at least 15 %
-apart in pitch so that they are separable. Noise is coloured (brown-ish
-rumble plus a band of hiss), slowly varying and has short bursts; it differs
-per mixture.
-
-Speech is about -25 dBFS RMS, noise a few dB lower, and every file of a
-mixture is scaled together so that none peaks above 0.9. Mixtures are summed
-from the 16-bit sources, so ``mix_both == sum(s_k) + noise`` holds exactly
-in the files. Output is a deterministic function of ``seed``; the same
-mixtures (ids, speakers, syllables) are rendered at every sample rate and in
-both modes, as in LibriMix and WHAM!.
+A clone has no data, so tests and smoke runs use these, written where and how
+the real corpora keep their files (LibriMix, WHAM!/WHAMR!, custom, LibriSpeech-
+like speakers, noise folders), so the code that reads them is the code that
+reads the real ones. Voices are speech-like (harmonic syllables on a per-speaker
+pitch, moving formants, pauses), noise is coloured with bursts, and every file
+is a deterministic function of ``seed``. About 750 lines: one generator per
+layout and the voice synthesis they share; split only if a layout grows.
 
 Example
 -------

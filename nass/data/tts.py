@@ -1,30 +1,10 @@
-"""A CPU-sized noisy Libri2Mix whose speech is SYNTHETIC (text-to-speech), mixed with real noise.
+"""A CPU-sized noisy Libri2Mix whose speech is synthetic (text-to-speech), mixed with real noise.
 
-The shared mini corpus has a few seconds of real speech; CPU comparisons of
-training variants need more. This builder speaks many generated English
-sentences with several text-to-speech voices (``flite`` and ``espeak-ng``,
-Debian packages: ``apt-get install flite espeak-ng``), and mixes pairs of
-them with real noise recordings the LibriMix way:
-
-* 8 kHz, ``min`` mode (both utterances cut to the shorter one);
-* speech loudness drawn in -33..-25 LUFS, noise in -38..-30 LUFS
-  (pyloudnorm), every file of a mixture scaled down together if the
-  mixture would clip; sources rounded to 16 bits before summing, so
-  ``mix_both == s1 + s2 + noise`` holds in the files;
-* each split has its own voices (speaker-disjoint like LibriMix) and its own
-  sentences; noise excerpts are drawn from the noise recordings at random
-  offsets (the shipped ``nass/assets/noise`` by default: two real
-  recordings, so every split hears the same two noises; give WHAM!'s
-  noise with ``noise_folder`` for more).
-
-The speech is synthetic: robotic, clean, few voices. A model trained on it
-is not a LibriMix model, and figures measured on it say how training
-variants compare with each other at CPU scale, not how they do on real
-speech.
-
-Written in Libri2Mix's layout (``wav8k/min/{train-100,dev,test}/{mix_both,
-mix_clean,mix_single,s1,s2,noise}`` and ``metadata/``), so the LibriMix
-recipe reads it with ``--data_folder <root>/Libri2Mix``::
+Generated English sentences spoken by ``flite`` and ``espeak-ng`` voices
+(``apt-get install flite espeak-ng``), split-disjoint voices and sentences,
+mixed with real noise the LibriMix way (:mod:`nass.data.mixing`) and written
+in Libri2Mix's layout. Robotic, clean speech: it compares training variants
+at CPU scale, not how they do on real speech::
 
     python -m nass.data.tts /data/tts-librimix --n_train 400
 
@@ -43,18 +23,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pyloudnorm
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_loudness, without_clipping
 from nass.data.synthetic import _write_librimix_metadata
 
 __all__ = ["VOICES", "build_tts_librimix", "sentences", "speak", "missing_tools"]
 
 SAMPLE_RATE = 8000
-SPEECH_LUFS = (-33.0, -25.0)
-NOISE_LUFS = (-38.0, -30.0)
-PEAK = 0.9
 TOOLS = ("flite", "espeak-ng")
 INSTALL_HINT = "apt-get install flite espeak-ng"
 ASSET_NOISE = Path(__file__).resolve().parents[1] / "assets" / "noise"
@@ -186,7 +163,6 @@ def build_tts_librimix(root, counts=None, seed=0, noise_folder=None, synthesize=
             raise FileExistsError(f"{corpus} exists; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(corpus)
     noises = _noises(Path(noise_folder) if noise_folder else ASSET_NOISE)
-    meter = pyloudnorm.Meter(SAMPLE_RATE)
     base = corpus / "wav8k" / "min"
     for split_index, (split, count) in enumerate(counts.items()):
         rng = np.random.default_rng([seed, split_index])
@@ -197,7 +173,7 @@ def build_tts_librimix(root, counts=None, seed=0, noise_folder=None, synthesize=
             first, second = rng.choice(len(voices), size=2, replace=False)
             speech = [synthesize(voices[v], texts[2 * index + j], SAMPLE_RATE)
                       for j, v in enumerate((first, second))]
-            sources = _mix_sources(rng, meter, speech, noises)
+            sources = _mix_sources(rng, speech, noises)
             name = f"{split}-{index:04d}_v{first}-v{second}"
             s1, s2, noise = sources
             files = {"s1": s1, "s2": s2, "noise": noise, "mix_clean": s1 + s2,
@@ -230,7 +206,7 @@ def _noises(folder):
     return noises
 
 
-def _mix_sources(rng, meter, speech, noises):
+def _mix_sources(rng, speech, noises):
     """Two utterances cut to the shorter, a noise excerpt, at LibriMix loudness, 16-bit."""
     length = min(len(s) for s in speech)
     noise = noises[rng.integers(len(noises))]
@@ -239,17 +215,8 @@ def _mix_sources(rng, meter, speech, noises):
     start = rng.integers(len(noise) - length + 1)
     signals = [s[:length] for s in speech] + [noise[start:start + length]]
     levels = [rng.uniform(*SPEECH_LUFS), rng.uniform(*SPEECH_LUFS), rng.uniform(*NOISE_LUFS)]
-    scaled = []
-    for signal, target in zip(signals, levels):
-        loudness = meter.integrated_loudness(signal)
-        if not np.isfinite(loudness):  # silent excerpt: leave it silent
-            scaled.append(signal * 0.0)
-            continue
-        scaled.append(signal * 10 ** ((target - loudness) / 20))
-    # Scale together, as LibriMix does, so that no file clips.
-    peak = max(np.abs(sum(scaled)).max(), *(np.abs(s).max() for s in scaled))
-    if peak > PEAK:
-        scaled = [s * PEAK / peak for s in scaled]
+    scaled = without_clipping([to_loudness(signal, target, SAMPLE_RATE)
+                               for signal, target in zip(signals, levels)])
     return [np.round(s * 32768) / 32768 for s in scaled]
 
 

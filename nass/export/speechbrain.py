@@ -1,24 +1,11 @@
-"""``nass export``: a trained model as a SpeechBrain pretrained-model folder, or as ONNX.
+"""``nass export``: a trained model as a SpeechBrain pretrained-model folder.
 
-``export_pretrained`` writes the layout of SpeechBrain's hub models
-(:mod:`nass.model.loading`) from a recipe's hparams file and a checkpoint:
-
-* ``hyperparams.yaml`` in the style of SpeechBrain's model cards: the
-  architecture with every value resolved (``Encoder``, the intra/inter
-  blocks, ``MaskNet``, ``Decoder``), ``modules`` and a ``Pretrainer`` with no
-  ``paths``, so that it loads ``encoder.ckpt``, ``masknet.ckpt`` and
-  ``decoder.ckpt`` from the folder it is given, wherever the folder lives.
-  ``num_spks`` is the number of masks (outputs), what SpeechBrain's
-  ``SepformerSeparation`` separates into; under ``nass`` (ignored by
-  SpeechBrain) it says how many are speakers, whether one is the noise and,
-  for ``noise_assignment: fixed``, which.
-* the three state dicts, and a ``README.md`` model card: architecture,
-  training data and options, the test results of ``test_results.csv`` when
-  the run has one, and how to use the folder with SpeechBrain and with nass.
-
-The folder is checked before the command returns: SpeechBrain's
-``SepformerSeparation.from_hparams(source=folder)`` loads it and separates
-a random mixture into the nass model's outputs.
+:func:`export_pretrained` writes SpeechBrain's hub layout: ``hyperparams.yaml``
+in the style of its model cards (the architecture with every value resolved,
+``num_spks`` the number of outputs, the ``nass`` key the model's
+:class:`nass.model.Outputs`), the three state dicts and a ``README.md`` model
+card. Before it returns, SpeechBrain's ``SepformerSeparation`` loads the
+folder and must separate a random mixture into nass's outputs.
 """
 
 import copy
@@ -36,7 +23,6 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 
 from nass.export import ExportError, check_writable
-from nass.hparams import load_model_hparams
 from nass.model.checkpoints import read_meta
 from nass.model.loading import FACTS_KEY, HPARAMS_FILE, MODULE_NAMES, load_trained
 
@@ -80,8 +66,7 @@ def export_pretrained(hparams_file, checkpoint, out_dir, overrides=None, overwri
     out_dir = Path(out_dir)
     names = [HPARAMS_FILE, README_FILE] + [f"{n}.ckpt" for n in MODULE_NAMES]
     check_writable(out_dir, names, overwrite)
-    model, sample_rate, ckpt = load_trained(hparams_file, checkpoint, overrides)
-    hparams = load_model_hparams(hparams_file, overrides)
+    model, sample_rate, ckpt, hparams = load_trained(hparams_file, checkpoint, overrides)
     card = model_card_hparams(hparams_file, overrides, sample_rate, model.outputs)
     if test_results is None:
         test_results = ckpt.parent.parent / "test_results.csv"

@@ -1,34 +1,13 @@
-"""Which output of a separator is the noise: one talker or not, judged per output.
+"""Which output of a ``pit`` model is the noise: the one least like one voice.
 
-A model trained with ``noise_assignment: pit`` may put the noise on any of
-its ``C + 1`` outputs. Each of the ``C`` others holds one talker (plus some
-leakage); the noise output holds anything else: steady or bursty noise, or
-babble, many talkers at once. :func:`identify_noise` scores every output for
-how much it sounds like *one* voice and names the lowest the noise:
-
-* **Spectral structure** (:func:`speech_likeness`): harmonics and formants
-  that change from frame to frame; noise of any colour has none.
-* **Periodicity** of the louder frames (normalised autocorrelation at the
-  best pitch lag, 70-400 Hz): one voice is strongly periodic while voiced;
-  several voices at once are not, as their pitches differ.
-* **Pitch continuity**: the fraction of frames (of all, and of the voiced)
-  whose pitch carries on smoothly from the previous frame. A voice glides; babble's strongest pitch
-  jumps from talker to talker.
-* **Level dynamics**: the spread of frame levels in dB. One talker pauses
-  between words; babble and steady noise fill the pauses.
-* **Spread of periodicity and of pitch**: voiced and unvoiced stretches
-  alternate in one voice; a constant-pitch hum scores low in
-  pitch variation.
-
-The score is a small neural network of these features (standardised, one
-hidden layer of 8 tanh units), fitted by ``python benchmarks/noise_pick.py
---fit`` (a conditional logistic regression: the noise is the lowest-scoring
-output of each mixture) on the benchmark's ``dev`` talkers, noises and room
-responses, and evaluated on others; its 81 weights ship as
-``nass/assets/noise_id.json``. The scores of a mixture's outputs are
-log-odds: ``softmax(-scores)`` is how likely each output is to be the
-noise, and a choice whose runner-up is within
-:data:`CLOSE_MARGIN` is reported as close.
+Each of the C speaker outputs holds one talker; the noise output anything
+else (steady or bursty noise, babble). :func:`identify_noise` scores every
+output from features of one voice (spectral structure, periodicity, pitch
+continuity, level dynamics and their spread) with a small network whose
+weights ship as ``nass/assets/noise_id.json`` (fitted by
+``tools/fit_noise_id.py``); ``softmax(-scores)`` is how likely each output is
+the noise, and a runner-up within :data:`CLOSE_MARGIN` makes the call close.
+Accuracy per leakage level: ``benchmarks/README.md``.
 
 Example
 -------

@@ -43,7 +43,7 @@ from nass.inference.noise_id import identify_noise
 from nass.inference.windows import (choose_batch, choose_window, join_windows, plan_windows,
                                     run_in_batches)
 from nass.model.loading import load_pretrained, load_trained
-from nass.model.precision import check_finite, precision_dtype, set_precision
+from nass.model.precision import check_finite, precision_dtype, set_precision, set_tf32
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,10 @@ class Separator:
     progress : bool
         Show a progress bar over the windows of long inputs.
     precision : str
-        ``fp32`` (default: the exact model), ``bf16`` or ``fp16``
-        (:mod:`nass.model.precision`). Converts ``model`` in place.
+        ``fp32`` (default: the exact model; on CUDA with TF32 off), ``tf32``
+        (CUDA only: fp32 weights, TF32 matrix products), ``bf16`` or ``fp16``
+        (:mod:`nass.model.precision`). Converts ``model`` in place; sets
+        PyTorch's process-wide TF32 flags on CUDA (:func:`nass.model.precision.set_tf32`).
     max_memory : float, optional
         GiB the model's weights and one batch of windows may take; windows are
         shortened to fit. Default: the weights plus 80 % of the memory
@@ -129,6 +131,7 @@ class Separator:
         self.outputs = model.outputs
         self.device = _device(device)
         precision_dtype(precision, self.device)
+        set_tf32(precision, self.device)
         self.precision = precision
         self.model = set_precision(model.to(self.device).eval(), precision)
         self.sample_rate = int(sample_rate)

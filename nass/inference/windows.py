@@ -1,48 +1,16 @@
-"""Separating long recordings window by window, with memory bounded by the window.
+"""Long recordings in overlapping windows, joined so a speaker stays on one output at one level.
 
-A Sepformer attends over all chunks of its input at once, so its memory and
-time grow quadratically with the input's length: a 10-minute file does not fit
-in a computer's memory in one pass. :func:`separate_in_chunks` runs any
-separator (a callable ``[1, T] -> [1, T, S]``) on overlapping windows of
-``chunk_size`` samples and joins the results:
-
-* Consecutive windows overlap by ``overlap * chunk_size`` samples. In the
-  overlap one window fades out with ``cos^2`` while the next fades in with
-  ``sin^2`` (the halves of a Hann window), so the weights of every sample sum
-  to 1 and a separator that returned the true sources would be reproduced
-  exactly. The first window does not fade in, the last does not fade out and
-  is as long as what is left of the input (never padded).
-* A separator numbers its outputs afresh in every window, so each window's
-  outputs are permuted to best match the previous window's on their common
-  overlap (the permutation of highest mean SI-SNR, as Asteroid's
-  ``LambdaOverlapAdd`` does), which keeps a speaker on the same output from
-  the start of the file to its end. With ``fixed_last`` the last output (a
-  fixed noise slot) stays where it is and only the others are permuted.
-* A model trained with a scale-invariant loss leaves each output's level
-  (and sign) free, and it can change from window to window. So levels are
-  matched too, before the cross-fade: the first window's outputs are scaled
-  by the least-squares gains that make them add up to the window's mixture;
-  each later window's outputs, once
-  permuted, by the least-squares gain that maps each head onto the previous
-  window's tail over the overlap (that tail being matched already), so the
-  levels carry to the end of the file. An output that is silent over the
-  overlap (a speaker pausing) has no tail to match: it gets the gain that
-  best completes the mixture given the others.
-* Windows go through the separator in batches of equal-length windows
-  (:func:`run_in_batches`; one at a time with ``batch_size=1``), so the
-  memory the separator needs is that of one batch whatever the input's
-  length; what grows with the length is the input, the windows' outputs and
-  the joined output (4 bytes per sample and output each). The matching and
-  cross-fading then run window after window (:func:`join_windows`).
-
-Inputs no longer than ``chunk_size`` go to the separator unchanged, so their
-result is exactly the unchunked one.
-
-How long a window may be is bounded by the model too: SpeechBrain's
-Sepformer adds a positional encoding of at most 2500 positions to its
-sequence of chunks, so it fails on longer inputs; :func:`longest_input`
-says how long, and :class:`nass.inference.Separator` caps its windows there
-(and where their memory would exceed its ``max_memory``: :mod:`nass.inference.memory`).
+:func:`separate_in_chunks` runs a separator (``[1, T] -> [1, T, S]``) on
+windows overlapping by a quarter, cross-fades them (``cos^2``/``sin^2``: the
+weights sum to 1), permutes each window's outputs to match the previous one's
+over the overlap (as Asteroid's ``LambdaOverlapAdd``; a fixed noise slot
+stays) and matches their levels by least squares (a scale-invariant model
+leaves them free). Inputs no longer than a window go through unchanged.
+:func:`choose_window` caps the window at what the model takes
+(:func:`longest_input`: SpeechBrain's positional encoding) and what memory allows.
+Windows go through the separator in batches of equal-length windows
+(:func:`run_in_batches`), then are matched and cross-faded one after
+another (:func:`join_windows`).
 
 Example
 -------

@@ -1,17 +1,10 @@
 """The NASS training objective: SI-SNR with PIT plus the PCL term, per utterance.
 
-What the outputs are and how the noise output is found is the
-:class:`nass.model.outputs.Outputs` the objective is given (``noise_assignment``):
-
-* ``"pit"`` (the reference's behaviour): PIT over all C+1 outputs against
-  ``[s_1..s_C, noise]``; whichever output PIT gives the noise target is noise.
-* ``"fixed"``: the last output is the noise; PIT permutes the speakers only
-  (C! instead of (C+1)! candidates, and inference knows which output is noise).
-
-The objective holds no trainable module: the Brain passes the patch sampler
-it trains (DDP-wrapped under ``torchrun``) to each call, so its gradients are
-averaged across processes like every other parameter's; the objective only
-calls it.
+The model's :class:`nass.model.Outputs` decides the PIT: ``pit`` (the reference)
+permutes all C+1 outputs against ``[s_1..s_C, noise]``; ``fixed`` keeps the
+last output for the noise and permutes the speakers. The objective holds no
+trainable module: the Brain passes the patch sampler (DDP-wrapped under
+``torchrun``, so its gradients are averaged) to each call.
 
 Example
 -------
@@ -138,11 +131,9 @@ class NASSObjective:
                 raise ValueError(
                     "PCL is on (pcl_weight > 0): pass sep_reps, clean_reps and patch_sampler"
                 )
-            if valid_frames is not None:
-                frames = min(sep_reps.shape[-1], max(_min_frames(patch_sampler), valid_frames))
-                sep_reps, clean_reps = sep_reps[..., :frames], clean_reps[..., :frames]
             pcl, patches = pcl_loss(patch_sampler, self.nce, sep_reps, clean_reps, assignment,
-                                    self.pcl_num_patches, self.pcl_weight)
+                                    self.pcl_num_patches, self.pcl_weight,
+                                    valid_frames=valid_frames)
             chance = chance_level(patches, self.pcl_weight)
         else:
             pcl, chance = torch.zeros_like(separation), 0.0
@@ -174,7 +165,3 @@ class NASSObjective:
             )
 
 
-
-def _min_frames(sampler):
-    """The fewest frames ``sampler`` takes (the attribute of the module inside a DDP wrapper)."""
-    return getattr(sampler, "min_frames", None) or sampler.module.min_frames

@@ -9,7 +9,8 @@ patch is one scalar of a 3x3-conv map; release checkpoints load into it) or
 :class:`PatchNCELoss` is the per-patch InfoNCE; :func:`pcl_loss` the term per
 utterance, aligned by each utterance's own PIT assignment. :func:`chance_level`
 is the term when all logits are equal (``weight * ln K``), which the reference's
-scalar patches do not leave (the train log's ``pcl_vs_chance``).
+scalar patches do not leave (the train log's ``pcl_vs_chance``). About 430
+lines: two samplers and the loss belong together (one convention of positions).
 
 Example
 -------
@@ -66,10 +67,17 @@ class _Sampler(nn.Module):
         positions = self.num_positions(n_channels, n_frames)
         return torch.randperm(positions, device=device)[: min(num_patches, positions)]
 
-    def _checked_reps(self, reps, num_patches, patch_ids):
-        """``(reps, shape, patch_ids)``: the representations checked alike, and the K positions."""
+    def _checked_reps(self, reps, num_patches, patch_ids, valid_frames=None):
+        """``(reps, shape, patch_ids)``: the representations checked alike, and the K positions.
+
+        ``valid_frames`` (frames computed from samples rather than padding)
+        cuts the reps to that many frames, or to the fewest the sampler takes.
+        """
         name = type(self).__name__
         reps = list(reps)
+        if valid_frames is not None and reps:
+            frames = max(self.min_frames, int(valid_frames))
+            reps = [rep[..., :frames] for rep in reps]
         if not reps:
             raise ValueError(f"{name}: reps is empty; expected at least one [B, N, L] tensor")
         shape = reps[0].shape
@@ -133,7 +141,7 @@ class PatchSampler(_Sampler):
         """Number of positions a ``[B, n_channels, n_frames]`` rep offers."""
         return (n_channels - _SHRINK) * (n_frames - _SHRINK)
 
-    def forward(self, reps, num_patches, patch_ids=None):
+    def forward(self, reps, num_patches, patch_ids=None, valid_frames=None):
         """Embeds the same K positions of every representation.
 
         Arguments
@@ -144,6 +152,8 @@ class PatchSampler(_Sampler):
             K, used when ``patch_ids`` is None.
         patch_ids : torch.LongTensor, optional
             1-D flattened positions in the ``[N-4, L-4]`` conv output.
+        valid_frames : int, optional
+            Use only the first frames (see :meth:`_Sampler._checked_reps`).
 
         Returns
         -------
@@ -152,7 +162,7 @@ class PatchSampler(_Sampler):
         patch_ids : torch.LongTensor
             The K positions used.
         """
-        reps, shape, patch_ids = self._checked_reps(reps, num_patches, patch_ids)
+        reps, shape, patch_ids = self._checked_reps(reps, num_patches, patch_ids, valid_frames)
         batch, n_channels, n_frames = shape
         stacked = torch.stack(reps).reshape(len(reps) * batch, n_channels * n_frames)
         windows = stacked[:, self._window_index(patch_ids, n_frames)]
@@ -250,13 +260,13 @@ class FramePatchSampler(_Sampler):
         """Number of patches a ``[B, n_channels, n_frames]`` rep offers."""
         return n_frames - self.window + 1
 
-    def forward(self, reps, num_patches, patch_ids=None):
+    def forward(self, reps, num_patches, patch_ids=None, valid_frames=None):
         """Embeds the same K frames (windows) of every representation.
 
         Arguments and returns as :meth:`PatchSampler.forward`; ``patch_ids``
         are window starts in ``[0, L - window]``.
         """
-        reps, _, patch_ids = self._checked_reps(reps, num_patches, patch_ids)
+        reps, _, patch_ids = self._checked_reps(reps, num_patches, patch_ids, valid_frames)
         device = reps[0].device
         stacked = torch.stack(reps).float()                      # [R, B, N, L]
         if self.centre:
@@ -346,7 +356,8 @@ class PatchNCELoss(nn.Module):
         )
 
 
-def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, patch_ids=None):
+def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, patch_ids=None,
+             valid_frames=None):
     """The PCL term per utterance: ``weight / C * sum_k mean_i PatchNCE_i``.
 
     Arguments
@@ -367,6 +378,9 @@ def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, pa
         lambda.
     patch_ids : torch.LongTensor, optional
         Positions to use instead of drawing K new ones.
+    valid_frames : int, optional
+        Frames every utterance computes from its own samples: patches come
+        from those (or from the sampler's fewest frames), not from padding.
 
     Returns
     -------
@@ -400,7 +414,7 @@ def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, pa
     # Positives and negatives are detached in the loss, so only the queries'
     # embeddings get gradients, as if they had been sampled apart.
     features, patch_ids = sampler([*aligned[:n_spk], *clean, aligned[n_spk]], num_patches,
-                                  patch_ids)
+                                  patch_ids, valid_frames)
     queries = torch.cat(features[:n_spk])                                # [C * B, K, D]
     positives = torch.cat(features[n_spk:2 * n_spk])
     negatives = features[-1].repeat(n_spk, 1, 1)

@@ -1,19 +1,14 @@
 """SpeechBrain's multi-head attention through PyTorch's fused kernel, same parameters.
 
-SpeechBrain's ``MultiheadAttention`` (what ``SBTransformerBlock``, hence the
-Sepformer, uses) asks ``nn.MultiheadAttention`` for its attention weights,
-so PyTorch computes attention explicitly: the full score matrix, a softmax,
-a second matmul, and the weights averaged over heads, all of which are
-stored for the backward. :class:`FusedMultiheadAttention` computes the same
-function with :func:`torch.nn.functional.scaled_dot_product_attention`
-(flash or memory-efficient kernels where available) and returns no weights.
-It holds the very same ``nn.MultiheadAttention`` under the same name
-(``att``), so state dicts, checkpoints and optimiser states are unchanged;
-outputs agree to float rounding (about 1e-6 in fp32).
-
-:func:`use_fused_attention` swaps the modules of a built model in place.
-Everything here is plain tensor operations, so the module traces and
-exports (ONNX's ``scaled_dot_product_attention`` needs opset 14 or later).
+SpeechBrain's transformer layers ask ``nn.MultiheadAttention`` for attention
+weights, so PyTorch computes attention explicitly (scores, softmax, weights,
+all kept for the backward). :class:`FusedMultiheadAttention` computes the same
+function with ``scaled_dot_product_attention`` on the same ``nn.MultiheadAttention``
+(``att``: state dicts and checkpoints unchanged). Why not a subclass of
+SpeechBrain's module that asks for no weights: handed three tensors,
+``nn.MultiheadAttention`` projects query, key and value separately and feeds
+the kernel a strided layout: 1.1 to 2.2x slower per call, up to 12 % on the
+whole release-size model on a CPU (``benchmarks/attention.py``, benchmarks/README.md).
 
 Example
 -------

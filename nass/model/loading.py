@@ -1,19 +1,10 @@
-"""Loading a model: from a recipe's hparams file and a checkpoint, or from a pretrained-model folder.
+"""Loading a model with its weights: the one place, for inference, export and the command line.
 
-The one place where a :class:`nass.model.separator.NoiseAwareSeparator` is
-built and given its weights, for inference, export and the command line:
-
-* :func:`load_trained`: a recipe's hparams file (or a run's saved
-  ``hyperparams.yaml``) and a ``CKPT+...`` or ``save/`` folder;
-* :func:`load_pretrained`: a folder in SpeechBrain's hub layout
-  (``hyperparams.yaml`` + ``encoder/masknet/decoder.ckpt``), which ``nass
-  export`` writes; its ``num_spks`` is the number of outputs, and the ``nass``
-  key (which SpeechBrain ignores) holds :meth:`Outputs.to_dict`. A hub folder
-  without it has speakers only.
-
-Each gives a :class:`TrainedModel`. Building a folder's ``hyperparams.yaml``
-runs the constructors it names, as SpeechBrain's ``from_hparams`` does: use
-folders you trust.
+:func:`load_trained` builds a recipe's (or a run's saved) hparams file and loads
+a ``CKPT+...`` or ``save/`` folder; :func:`load_pretrained` builds a folder in
+SpeechBrain's hub layout (``hyperparams.yaml`` + ``encoder/masknet/decoder.ckpt``),
+whose ``nass`` key holds :meth:`Outputs.to_dict` (a hub folder without it has
+speakers only). Each gives a :class:`TrainedModel`.
 
 Example
 -------
@@ -39,8 +30,8 @@ MODULE_NAMES = ("encoder", "masknet", "decoder")
 # Where a nass-exported hyperparams.yaml keeps what SpeechBrain does not know.
 FACTS_KEY = "nass"
 
-TrainedModel = namedtuple("TrainedModel", "model sample_rate checkpoint")
-TrainedModel.__doc__ = """A separator with its weights, the rate it was trained at, and where the weights came from."""
+TrainedModel = namedtuple("TrainedModel", "model sample_rate checkpoint hparams")
+TrainedModel.__doc__ = """A separator with its weights, its rate, where the weights came from, and the loaded hparams."""
 
 
 def recipe_hparams():
@@ -68,7 +59,7 @@ def load_trained(hparams_file, checkpoint, overrides=None):
     hparams = load_model_hparams(hparams_file, overrides)
     model = hparams["separator"]
     _load_weights(model, ckpt, str(hparams_file))
-    return TrainedModel(model, int(hparams["sample_rate"]), ckpt)
+    return TrainedModel(model, int(hparams["sample_rate"]), ckpt, hparams)
 
 
 def load_pretrained(folder):
@@ -94,7 +85,7 @@ def load_pretrained(folder):
     model = NoiseAwareSeparator(modules["encoder"], modules["masknet"], modules["decoder"],
                                 outputs)
     _load_weights(model, folder, str(hparams_path))
-    return TrainedModel(model, int(hparams["sample_rate"]), folder)
+    return TrainedModel(model, int(hparams["sample_rate"]), folder, hparams)
 
 
 def read_outputs(hparams, source):

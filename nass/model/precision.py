@@ -1,7 +1,10 @@
 """Which precision runs where, and the mask network in bf16 or fp16 for separation.
 
 :func:`precision_dtype` is the one rule for which precision a device may run,
-for separation and for the recipes' training alike. :func:`set_precision`
+for separation and for the recipes' training alike; :func:`set_tf32` the one
+rule for TF32 on CUDA: on only for ``tf32`` (fp32 weights, TF32 matrix
+products and convolutions), off for every other precision, so ``fp32`` is
+IEEE fp32 even though ``import speechbrain`` turns TF32 on. :func:`set_precision`
 casts a loaded :class:`nass.model.NoiseAwareSeparator`'s weights once (not per
 operation, as ``torch.autocast`` does, whose casts cost more than they save on
 a CPU): the mask network's dual-path blocks (almost all of the work) run in
@@ -35,7 +38,8 @@ import torch
 from speechbrain.lobes.models.dual_path import GlobalLayerNorm
 from torch import nn
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+              "fp16": torch.float16}
 # Normalisation layers, run in fp32 (CumulativeLayerNorm is an nn.LayerNorm).
 NORMS = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm1d, GlobalLayerNorm)
 # Dual_Path_Model's layers after the dual-path blocks, run in fp32.
@@ -51,14 +55,16 @@ class SlowPrecisionWarning(UserWarning):
 
 
 def precision_dtype(precision, device=None, training=False):
-    """The dtype of ``precision`` (fp32, bf16, fp16), usable on ``device`` if given; else :class:`PrecisionError`.
+    """The dtype of ``precision`` (fp32, tf32, bf16, fp16), usable on ``device`` if given; else :class:`PrecisionError`.
 
-    fp16 needs CUDA, or for separation a CPU with native fp16 matrix products
-    (:func:`cpu_has_fp16_matmul`); training in fp16 needs CUDA (its gradient
-    scaler is CUDA's). bf16 on a CPU without bf16 matrix kernels
-    (:func:`cpu_has_bf16_matmul`) runs, but many times slower than fp32 (a
-    release-size ``--compare`` did not finish in 25 minutes on an AMD EPYC
-    without AVX-512): it gets one :class:`SlowPrecisionWarning` line naming fp32.
+    tf32 needs CUDA (a CPU has no TF32: refused rather than run as fp32
+    unasked). fp16 needs CUDA, or for separation a CPU with native fp16
+    matrix products (:func:`cpu_has_fp16_matmul`); training in fp16 needs
+    CUDA (its gradient scaler is CUDA's).
+    bf16 on a CPU without bf16 matrix kernels (:func:`cpu_has_bf16_matmul`)
+    runs, but many times slower than fp32 (a release-size ``--compare`` did
+    not finish in 25 minutes on an AMD EPYC without AVX-512): it gets one
+    :class:`SlowPrecisionWarning` line naming fp32.
 
     >>> precision_dtype("bf16")
     torch.bfloat16
@@ -71,10 +77,16 @@ def precision_dtype(precision, device=None, training=False):
     >>> precision_dtype("fp8")
     Traceback (most recent call last):
     ...
-    nass.model.precision.PrecisionError: precision must be one of fp32, bf16, fp16, got 'fp8'
+    nass.model.precision.PrecisionError: precision must be one of fp32, tf32, bf16, fp16, got 'fp8'
+    >>> precision_dtype("tf32", "cpu")
+    Traceback (most recent call last):
+    ...
+    nass.model.precision.PrecisionError: precision tf32 needs a CUDA device (device is cpu); use fp32
     """
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "tf32" and device is not None and torch.device(device).type != "cuda":
+        raise PrecisionError(f"precision tf32 needs a CUDA device (device is {device}); use fp32")
     if precision == "fp16" and device is not None:
         kind = torch.device(device).type
         if training and kind != "cuda":
@@ -91,6 +103,24 @@ def precision_dtype(precision, device=None, training=False):
             "precision bf16: this CPU has no bf16 matrix kernels (AVX-512 or AMX), so bf16 runs "
             "many times slower than fp32 here; use fp32"))
     return PRECISIONS[precision]
+
+
+def set_tf32(precision, device):
+    """Turns TF32 on for ``tf32`` and off for every other precision, when ``device`` is CUDA.
+
+    Process-wide flags (PyTorch has no other): the Separator and the recipe
+    call this when they start. SpeechBrain turns them on at import (its
+    ``allow_tf32`` quirk), which would make ``fp32`` TF32 unasked. Nothing
+    changes for other devices, which TF32 does not concern.
+    """
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
+def speechbrain_precision(precision):
+    """SpeechBrain's run option for ``precision``: tf32 runs as SpeechBrain's fp32, TF32 set by :func:`set_tf32`."""
+    return "fp32" if precision == "tf32" else precision
 
 
 def cpu_has_bf16_matmul():
@@ -119,7 +149,7 @@ def check_finite(outputs, precision):
     ...
     RuntimeError: the mask network overflowed in fp16 on this input (non-finite outputs); use --precision bf16 or fp32
     """
-    if precision != "fp32" and not bool(torch.isfinite(outputs).all()):
+    if precision_dtype(precision) != torch.float32 and not bool(torch.isfinite(outputs).all()):
         raise RuntimeError(f"the mask network overflowed in {precision} on this input "
                            f"(non-finite outputs); use --precision bf16 or fp32")
     return outputs
@@ -133,7 +163,7 @@ def set_precision(model, precision):
     model : nass.model.separator.NoiseAwareSeparator
         In fp32, on the device it will run on (fp16: see :func:`precision_dtype`).
     precision : str
-        ``fp32`` (nothing changes), ``bf16`` or ``fp16``.
+        ``fp32`` or ``tf32`` (the weights stay fp32), ``bf16`` or ``fp16``.
 
     Returns
     -------

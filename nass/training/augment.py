@@ -22,7 +22,13 @@ import torchaudio.functional as AF
 
 
 def speed_perturb(signal, speed):
-    """Resamples ``[B, T]`` so it plays at ``speed`` percent (100 = unchanged)."""
+    """Resamples ``[B, T]`` so it plays at ``speed`` percent (100 = unchanged).
+
+    As ``speechbrain.augment.time_domain.SpeedPerturb`` (ratio ``speed / 100``),
+    but on the signal's own device: SpeechBrain's resamplers run on a device
+    fixed at construction (the CPU by default, a round trip per step on a
+    GPU) and draw the speed from the global generator inside.
+    """
     if speed == 100:
         return signal
     return AF.resample(signal, orig_freq=int(speed), new_freq=100)

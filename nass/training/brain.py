@@ -1,27 +1,13 @@
 """The SpeechBrain ``Brain`` shared by every NASS recipe (LibriMix, WHAM!, custom).
 
-The recipes' ``train.py`` only load the hparams, prepare the data and call
-:func:`nass.training.recipe.run`; everything a training step does lives here:
-
-* TRAIN: speed perturbation of the speakers, mixture re-summed with the noise,
-  random crop; separation with C(+1) outputs; per-utterance SI-SNR PIT loss
-  plus PCL; utterances below ``threshold`` dropped; non-finite or too large
-  losses skip the step (counted and logged). The log shows each epoch the
-  PCL term relative to chance (``pcl_vs_chance``, 1.00 = the embeddings tell
-  nothing apart) and, every ``pcl_grad_every`` steps, how strongly PCL
-  pulls on the mask network (``pcl_grad_share``).
-* VALID/TEST: the noise output is assigned as in training and dropped; the
-  stage's ``si-snr`` is the negative SI-SNR of the speakers (PIT over C),
-  the key checkpoints are kept by.
-* :meth:`SeparationBrain.write_test_results`: ``test_results.csv`` with
-  SI-SNR, SI-SNRi, SDR, SDRi per utterance and an ``avg`` row, from the
-  checkpoint the recipe chose (:func:`nass.model.checkpoints.checkpoint_to_evaluate`).
-
-Under DDP every trainable module (the separator and the patch sampler) is
-called through its DDP wrapper while training, so its gradients are
-averaged; validation and test call the unwrapped modules, which need no
-collective operation. The test set is split between the processes and the
-rows gathered, so each utterance is evaluated once.
+A training step: speed perturbation of the speakers, the mixture re-summed
+with the noise, a random crop, separation, the per-utterance objective
+(:mod:`nass.losses.objective`), utterances below ``threshold`` dropped and
+unusable losses skipped (counted); ``pcl_grad_share`` leaves out samples whose
+gradients are not finite (``pcl_grad_share_skipped``). Validation and test score the speakers
+(noise output assigned as in training, then dropped); :meth:`write_test_results`
+writes ``test_results.csv``. Under DDP training calls the modules through
+their wrappers; evaluation splits the test set between processes and gathers the rows.
 """
 
 import csv
@@ -60,6 +46,7 @@ class SeparationBrain(sb.Brain):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skipped_steps = 0
+        self._pcl_grad_share_skipped = 0
         self._terms = {}
 
     @property
@@ -191,7 +178,8 @@ class SeparationBrain(sb.Brain):
         Two extra backward passes through the kept graph (hence only every
         ``pcl_grad_every`` steps); both terms are scaled alike, so the ratio
         is that of the unscaled gradients, and gradients are not accumulated
-        into ``.grad``.
+        into ``.grad``. A sample whose gradients are not finite is left out
+        and counted (``pcl_grad_share_skipped``).
         """
         params = [p for p in self.separator_module.masknet.parameters() if p.requires_grad]
         norms = {}
@@ -199,6 +187,12 @@ class SeparationBrain(sb.Brain):
             term = self.scaler.scale(terms[name][keep].float().mean())
             grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
             norms[name] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+        if not all(bool(torch.isfinite(norm)) for norm in norms.values()):
+            # An overflow fp16's GradScaler will skip the step for: no ratio to average.
+            self._pcl_grad_share_skipped += 1
+            logger.info("step %d: pcl_grad_share not sampled (non-finite gradients); %d "
+                        "sample(s) left out this epoch", self.step, self._pcl_grad_share_skipped)
+            return
         share = (norms["pcl"] / norms["separation"].clamp(min=1e-30)).item()
         logger.info("step %d: pcl_grad_share %.4g (|grad pcl| / |grad separation| at the "
                     "mask network)", self.step, share)
@@ -218,6 +212,7 @@ class SeparationBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._terms = {}
             self.skipped_steps = 0
+            self._pcl_grad_share_skipped = 0
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, anneals the learning rate and keeps the best checkpoint.
@@ -237,6 +232,8 @@ class SeparationBrain(sb.Brain):
                 stats["pcl_vs_chance"] = means["pcl"] / means["pcl_chance"]
             if "pcl_grad_share" in means:
                 stats["pcl_grad_share"] = means["pcl_grad_share"]
+            if "pcl_grad_share" in means or self._pcl_grad_share_skipped:
+                stats["pcl_grad_share_skipped"] = self._pcl_grad_share_skipped
             stats["skipped_steps"] = self.skipped_steps
             self.train_stats = stats
             return

@@ -1,26 +1,13 @@
-"""What every recipe's ``train.py`` does, once: ``python train.py hparams.yaml [--opt value]``.
+"""What every recipe's ``train.py`` does: ``python train.py hparams.yaml [--option value]``.
 
-1. Load the HyperPyYAML file with command-line overrides; set up DDP when
-   started by ``torchrun``; create the output folder.
-2. Check the data folder and write the csvs (main process only), using the
-   ``dataset_layout`` the hparams file builds (LibriMix, WHAM!, custom, ...).
-3. Build the datasets (or the dynamic-mixing training set).
-4. Train with :class:`nass.training.brain.SeparationBrain` (resuming from the newest
-   checkpoint), unless ``test_only``; a run from scratch starts from the
-   reference's initialisation (:mod:`nass.training.initialisation`), then from
-   ``pretrained_separator`` when it names a folder
-   (:func:`nass.training.pretrained.init_from_pretrained`).
-5. Evaluate the checkpoint :func:`nass.model.checkpoints.checkpoint_to_evaluate`
-   picks (the one ``nass separate`` uses) and write ``test_results.csv``.
-
-Every check that can refuse a run (overrides, the checkpoint to resume or
-evaluate fitting the model) comes before anything is written to the output
-folder, so a refused rerun leaves a finished run's ``hyperparams.yaml``, the
-record of how its checkpoints were trained, as it was. :func:`main` reports
-a user's mistake (a missing or misspelt option, a value of the wrong kind, a
-bad data folder, a checkpoint that does not fit) in one line naming it and
-exits with status 1, and an interrupted run (Ctrl-C) with what it kept and
-status 130; ``NASS_DEBUG=1`` shows the traceback.
+Parse the hparams and overrides, set up DDP, check everything that can refuse
+the run (options, the data folder, a checkpoint that must fit) before the
+output folder is written, prepare the csvs, train :class:`SeparationBrain`
+(resuming from the newest checkpoint; from scratch with the reference's
+initialisation, or from ``pretrained_separator``) and evaluate the checkpoint
+``nass separate`` would use. :func:`main` answers a user's mistake in one line
+(exit 1) and Ctrl-C with the checkpoint kept (exit 130). About 420 lines: the
+checks before writing are most of it.
 """
 
 import argparse
@@ -52,7 +39,7 @@ from nass.training.initialisation import initialise_like_reference
 from nass.logs import quiet_torchvision_note
 from nass.hparams import OverrideError, check_overrides, plain_settings
 from nass.model.loading import layout_error, missing_files
-from nass.model.precision import PrecisionError, precision_dtype
+from nass.model.precision import PrecisionError, precision_dtype, set_tf32, speechbrain_precision
 from nass.training.pretrained import init_from_pretrained
 
 logger = logging.getLogger(__name__)
@@ -117,7 +104,10 @@ def parse_arguments(argv):
     Overrides are checked against the file first (:func:`nass.hparams.check_overrides`),
     and a ``!PLACEHOLDER`` left unset is named with the file's comment on it.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(normalise_flags(list(argv)))
+    argv, tf32 = _take_tf32(normalise_flags(list(argv)))
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    if tf32:
+        run_opts = dataclasses.replace(run_opts, precision="tf32")
     try:
         with open(hparams_file, encoding="utf-8") as fin:
             text = fin.read()
@@ -138,6 +128,17 @@ def parse_arguments(argv):
             + (f" ({about})" if about else "")
         ) from None
     return hparams_file, run_opts, overrides, hparams
+
+
+def _take_tf32(argv):
+    """``(argv, tf32)``: ``--precision tf32`` given to SpeechBrain's parser as fp32, which it knows."""
+    out, tf32 = list(argv), False
+    for i, arg in enumerate(out):
+        if arg == "--precision=tf32":
+            out[i], tf32 = "--precision=fp32", True
+        elif arg == "--precision" and i + 1 < len(out) and out[i + 1] == "tf32":
+            out[i + 1], tf32 = "fp32", True
+    return out, tf32
 
 
 def _comment_above(text, key):
@@ -215,6 +216,7 @@ def _run(hparams_file, run_opts, overrides, hparams):
     run_opts = _checkpoint_steps_alone(run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)
     _check_options(hparams, run_opts)
+    run_opts = _set_precision(hparams, run_opts)
     patch_sampler = _register_patch_sampler(hparams)
     test_only = run_option("test_only", run_opts, hparams)
     save_folder = Path(hparams["save_folder"])
@@ -382,15 +384,25 @@ def _check_options(hparams, run_opts):
             "dynamic_mixing makes anechoic mixtures; it cannot train on reverberant "
             f"{hparams['dataset_layout'].mixture} data"
         )
-    # --precision and --device are SpeechBrain run options, not hparams overrides.
     precision = run_option("precision", run_opts, hparams)
-    device = run_option("device", run_opts, hparams) or (
-        "cuda:0" if torch.cuda.is_available() else "cpu"
-    )
     try:
-        precision_dtype(precision, device, training=True)
+        precision_dtype(precision, _device(run_opts, hparams), training=True)
     except PrecisionError as err:
         raise RecipeError(f"--precision {precision}: {err}") from None
+
+
+def _device(run_opts, hparams):
+    """The run's device: --device, the hparams', else CUDA when there is one (SpeechBrain's choice)."""
+    # --precision and --device are SpeechBrain run options, not hparams overrides.
+    return run_option("device", run_opts, hparams) or ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def _set_precision(hparams, run_opts):
+    """Sets TF32 as the precision asks (:func:`nass.model.precision.set_tf32`); SpeechBrain runs tf32 as its fp32."""
+    precision = run_option("precision", run_opts, hparams)
+    set_tf32(precision, _device(run_opts, hparams))
+    return dataclasses.replace(run_opts, precision=speechbrain_precision(precision),
+                               overridden_args=run_opts.overridden_args | {"precision"})
 
 
 def main():
