@@ -358,7 +358,7 @@ def main():
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--chunk-seconds", type=float, default=None,
                         help="window length (default: nass separate's)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
                         help="nass separate --precision (default fp32)")
     parser.add_argument("--compare", action="store_true",
                         help="time SpeechBrain's attention, the fused one and bf16 on one window")
