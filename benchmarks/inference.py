@@ -2,7 +2,9 @@
 
     python benchmarks/inference.py                       # 1, 2, 5 and 10 minutes
     python benchmarks/inference.py --minutes 1 10 --chunk-seconds 8 --precision bf16
-    python benchmarks/inference.py --compare             # attention and precision, one window
+    python benchmarks/inference.py --compare             # attention, precision, batches: one window
+    python benchmarks/inference.py --compare --device cuda --extra compile --batch 4
+    python benchmarks/inference.py --minutes 10 --device cuda --precision bf16 --compile
     python benchmarks/inference.py --agreement a.wav b.wav   # nass separate bf16 vs fp32
     python benchmarks/inference.py --minutes 1 --onnx      # also the ONNX model, side by side
     python benchmarks/inference.py --memory --window-seconds 8   # a window's memory, estimated and measured
@@ -31,11 +33,19 @@ one warm-up each:
 
 a. SpeechBrain's attention as shipped, fp32 (``fused_attention: False``);
 b. the exact fused path, fp32 (:mod:`nass.model.attention`, the recipes' default);
-c. bf16 (:func:`nass.model.precision.set_precision` on b);
-d. optionally (``--extra``): ``int8``, b with its linear layers dynamically
-   quantised to int8 (CPU only); ``compile``, b through ``torch.compile``;
+c. bf16 (:func:`nass.model.precision.set_precision` on b), left out (and
+   said so) on a CPU without bf16 matrix kernels, where it would take many
+   times fp32's time;
+d. optionally (``--extra int8``): b with its linear layers dynamically
+   quantised to int8 (CPU only);
+e. optionally (``--extra compile``): b through ``torch.compile`` on ``--batch``
+   windows at once, one shape (its first call, compiling, timed and printed apart);
 f. fp16, on CUDA (``--device cuda``) and on a CPU with native fp16 matrix
-   products (:func:`nass.model.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16).
+   products (:func:`nass.model.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16);
+g. b on ``--batch`` windows at once (4 by default), and h. c likewise where c runs.
+
+Times are per window (a batched call's time over its windows); agreement
+is the first window's outputs against a's.
 
 All variants have the same weights. It prints the CPU's bf16/AMX features
 and the rate of one of the model's linear layers in each precision (the
@@ -43,8 +53,9 @@ most that bf16 or fp16 can gain on this hardware), a table of medians,
 speedups over (a) and each variant's agreement with (a) (largest absolute
 difference; lowest SI-SNR over the outputs, in dB), and
 the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
-speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``,
-and ``speedup_fp16=<a/f> agreement_fp16_db=<...>`` where f ran.
+speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``
+where c ran, and likewise ``_fp16`` (f), ``_batched`` (g), ``_batched_bf16`` (h),
+``_compiled`` (e) for those that ran.
 
 ``--memory`` checks :mod:`nass.inference.memory`'s estimate of a window's memory on
 the release-size Sepformer (fused attention, and SpeechBrain's explicit
@@ -69,6 +80,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +105,7 @@ import nass  # noqa: E402
 from nass.model.loading import load_model  # noqa: E402
 from memory_probe import measure_windows  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
-from nass.model.precision import precision_dtype, set_precision  # noqa: E402
+from nass.model.precision import SlowPrecisionWarning, precision_dtype, set_precision  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -115,15 +127,17 @@ def long_mixture(minutes, seed=0):
     return (0.9 * mix / np.abs(mix).max()).astype(np.float32)
 
 
-def run_separate(wav, model, out_dir, chunk_seconds, precision="fp32"):
+def run_separate(wav, model, out_dir, chunk_seconds, precision="fp32", options=()):
     """Wall seconds and peak RSS (MiB) of one ``nass separate`` process.
 
-    ``model`` is a checkpoint folder, or an ``.onnx`` file (``--onnx``, fp32 only).
+    ``model`` is a checkpoint folder, or an ``.onnx`` file (``--onnx``, fp32
+    only); ``options`` more of ``nass separate``'s (``--device``, ``--batch-size``, ...).
     """
     if str(model).endswith(".onnx"):
         source = ["--onnx", str(model)]
     else:
-        source = ["--hparams", str(HPARAMS), "--checkpoint", str(model), "--precision", precision]
+        source = ["--hparams", str(HPARAMS), "--checkpoint", str(model), "--precision", precision,
+                  *options]
     cmd = [sys.executable, "-m", "nass.cli", "separate", *source,
            "--out-dir", str(out_dir), "--overwrite", str(wav)]
     if chunk_seconds is not None:
@@ -156,37 +170,52 @@ def cpu_features():
     return {name: name in flags for name in CPU_FEATURES}
 
 
-def compare_variants(extra, device, seed=0):
-    """``{name: model}``: (a) SpeechBrain's attention, (b) fused, (c) bf16, then the others.
+def compare_variants(extra, device, batch, seed=0):
+    """``{name: (model, windows per call)}``: (a) SpeechBrain's attention, (b) fused, then the others.
 
-    fp16 is one of the others on CUDA, and on a CPU with native fp16 matrix products.
+    (c) bf16 where the precision rule has no objection (on a CPU without bf16
+    kernels it is left out and said so: it would take many times fp32's
+    time); (g) b on ``batch`` windows at once; fp16 on CUDA and on a CPU with
+    native fp16 matrix products; with ``compile`` in ``extra``, (e) b through
+    ``torch.compile`` on ``batch`` windows, one shape.
     """
     torch.manual_seed(seed)
     shipped = load_model(HPARAMS, {"fused_attention": False}).eval().to(device)
     fused = load_model(HPARAMS).eval().to(device)
     fused.load_state_dict(shipped.state_dict(), strict=True)
     variants = {
-        "a: SpeechBrain attention, fp32": shipped,
-        "b: fused attention, fp32": fused,
-        "c: fused attention, bf16": set_precision(copy.deepcopy(fused), "bf16"),
+        "a: SpeechBrain attention, fp32": (shipped, 1),
+        "b: fused attention, fp32": (fused, 1),
     }
-    if fp16_runs_on(device):
-        variants["f: fused attention, fp16"] = set_precision(copy.deepcopy(fused), "fp16")
+    if runs_fast(device, "bf16"):
+        variants["c: fused attention, bf16"] = (set_precision(copy.deepcopy(fused), "bf16"), 1)
+    else:
+        print("c: bf16 left out: this CPU has no bf16 matrix kernels, so bf16 would take many "
+              "times fp32's time (nass.model.precision)", flush=True)
+    if batch > 1:
+        variants[f"g: fused, fp32, batch {batch}"] = (fused, batch)
+        if "c: fused attention, bf16" in variants:
+            variants[f"h: fused, bf16, batch {batch}"] = (variants["c: fused attention, bf16"][0],
+                                                          batch)
+    if runs_fast(device, "fp16"):
+        variants["f: fused attention, fp16"] = (set_precision(copy.deepcopy(fused), "fp16"), 1)
     if "int8" in extra:
-        variants["d: fused, int8 dynamic linear"] = torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(fused), {torch.nn.Linear}, dtype=torch.qint8
-        )
+        variants["d: fused, int8 dynamic linear"] = (torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(fused), {torch.nn.Linear}, dtype=torch.qint8), 1)
     if "compile" in extra:
-        variants["e: fused, torch.compile"] = torch.compile(copy.deepcopy(fused))
+        variants[f"e: fused, torch.compile, batch {batch}"] = (
+            torch.compile(fused, dynamic=False), batch)
     return variants
 
 
-def fp16_runs_on(device):
-    """Whether :func:`nass.model.precision.precision_dtype` accepts fp16 on ``device``."""
-    try:
-        precision_dtype("fp16", device)
-    except ValueError:
-        return False
+def runs_fast(device, precision):
+    """Whether :func:`nass.model.precision.precision_dtype` takes ``precision`` on ``device`` without objection."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowPrecisionWarning)
+        try:
+            precision_dtype(precision, device)
+        except (ValueError, SlowPrecisionWarning):
+            return False
     return True
 
 
@@ -198,7 +227,7 @@ def matmul_rates(device, tokens=8000, reps=5):
     median of ``reps``.
     """
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if fp16_runs_on(device):
+    if runs_fast(device, "fp16"):
         dtypes["fp16"] = torch.float16
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(tokens, 256, generator=gen), torch.randn(1024, 256, generator=gen) / 16
@@ -223,15 +252,17 @@ def compare(args):
           + ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items())
           + " (bf16 and fp16 can gain at most their rate over fp32's)", flush=True)
     window = torch.from_numpy(long_mixture(args.window_seconds / 60))[None].to(device)
-    variants = compare_variants(args.extra, device)
+    variants = compare_variants(args.extra, device, args.batch)
     print(f"release-size Sepformer-NASS (random weights), one {args.window_seconds:g} s window "
           f"at {RATE} Hz, {device}; {args.reps} alternating repetitions after "
           f"{args.warmup} warm-up(s) each", flush=True)
 
-    def runner(model):
+    def runner(model, windows):
+        batch = window.expand(windows, -1).contiguous()
+
         def run():
             with torch.no_grad():
-                return model(window).float().cpu()
+                return model(batch)[:1].float().cpu()
         return run
 
     def progress(rep, seconds):
@@ -239,8 +270,17 @@ def compare(args):
         print(f"  rep {rep + 1}/{args.reps}: {times}", file=sys.stderr, flush=True)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    timing = interleave({name: runner(m) for name, m in variants.items()}, args.reps,
+    for name, (model, windows) in variants.items():
+        if "compile" in name:  # its first call compiles: timed apart, once
+            start = time.perf_counter()
+            runner(model, windows)()
+            print(f"{name.split(':')[0]}: first call, compiling included: "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
+    timing = interleave({name: runner(*v) for name, v in variants.items()}, args.reps,
                         warmup=args.warmup, sync=sync, progress=progress)
+    # Seconds per window: a batched variant's calls separate `windows` at once.
+    for name, (_, windows) in variants.items():
+        timing.seconds[name] = [t / windows for t in timing.seconds[name]]
     names = list(variants)
     base_times, base_out = timing.seconds[names[0]], timing.results[names[0]]
     rows, agreement = [], {}
@@ -252,19 +292,20 @@ def compare(args):
                      f"{min(timing.seconds[name]):.2f}",
                      f"{paired_ratio(base_times, timing.seconds[name]):.2f}",
                      f"{max_diff:.2e}", f"{agreement[name][1]:.1f}" if name != names[0] else "-"])
-    print(format_table(["variant", "median s", "min s", "speedup vs a", "max |x-a|",
-                        "min SI-SNR vs a dB"], rows))
-    print("speedup: median over repetitions of a's time / the variant's, run side by side")
+    print(format_table(["variant", "median s/window", "min s/window", "speedup vs a",
+                        "max |x-a|", "min SI-SNR vs a dB"], rows))
+    print("speedup: median over repetitions of a's time per window / the variant's, run side "
+          "by side")
     figures = dict(
         speedup_exact=paired_ratio(base_times, timing.seconds[names[1]]),
         max_abs_diff_exact=f"{agreement[names[1]][0]:.2e}",
-        speedup_bf16=paired_ratio(base_times, timing.seconds[names[2]]),
-        agreement_bf16_db=agreement[names[2]][1],
     )
-    fp16 = next((name for name in names if "fp16" in name), None)
-    if fp16 is not None:
-        figures.update(speedup_fp16=paired_ratio(base_times, timing.seconds[fp16]),
-                       agreement_fp16_db=agreement[fp16][1])
+    for key, letter in (("bf16", "c"), ("fp16", "f"), ("batched", "g"), ("batched_bf16", "h"),
+                        ("compiled", "e")):
+        name = next((n for n in names if n.startswith(f"{letter}:")), None)
+        if name is not None:
+            figures[f"speedup_{key}"] = paired_ratio(base_times, timing.seconds[name])
+            figures[f"agreement_{key}_db"] = agreement[name][1]
     print(last_line(**figures))
 
 
@@ -317,7 +358,7 @@ def main():
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--chunk-seconds", type=float, default=None,
                         help="window length (default: nass separate's)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
                         help="nass separate --precision (default fp32)")
     parser.add_argument("--compare", action="store_true",
                         help="time SpeechBrain's attention, the fused one and bf16 on one window")
@@ -331,18 +372,26 @@ def main():
                         help="--compare: untimed runs per variant first (default 1)")
     parser.add_argument("--extra", nargs="*", default=[], choices=["int8", "compile"],
                         help="--compare: more variants")
+    parser.add_argument("--batch", type=int, default=4,
+                        help="--compare: windows per call of the batched and compiled variants "
+                             "(default 4; 1 leaves the batched ones out)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="nass separate --batch-size (default: nass separate's)")
+    parser.add_argument("--compile", action="store_true", help="nass separate --compile")
     parser.add_argument("--agreement", nargs="+", metavar="WAV",
                         help="nass separate these files in fp32 and in bf16 and compare")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="--compare: where the model runs (default cpu)")
+                        help="where the model runs: --compare's, and nass separate --device "
+                             "(default cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, here and in the nass separate runs "
                              "(default: torch's choice)")
     parser.add_argument("--onnx", action="store_true",
                         help="also export the model to ONNX and time nass separate --onnx")
     args = parser.parse_args()
-    if args.onnx and args.precision != "fp32":
-        parser.error("--onnx: the ONNX model runs in fp32; leave out --precision")
+    if args.onnx and (args.precision != "fp32" or args.device != "cpu" or args.compile):
+        parser.error("--onnx: the ONNX model runs in fp32 on the CPU, uncompiled; leave out "
+                     "--precision, --device and --compile")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.device == "cuda" and "int8" in args.extra:
@@ -379,7 +428,7 @@ def main():
             walls = {}
             for name, source in backends.items():
                 wall, rss = run_separate(wav, source, tmp / "out", args.chunk_seconds,
-                                         args.precision)
+                                         args.precision, separate_options(args))
                 rtf = wall / (minutes * 60)
                 walls[name] = wall
                 rows.append([f"{minutes:g}", name, f"{wall:.1f}", f"{rtf:.2f}", f"{rss:.0f}",
@@ -392,6 +441,16 @@ def main():
     if "onnx" in last:
         figures.update(onnx_rtf=last["onnx"][0], onnx_over_pytorch=last["onnx"][2])
     print(last_line(**figures))
+
+
+def separate_options(args):
+    """The ``nass separate`` options that ``args`` passes on."""
+    options = ["--device", args.device]
+    if args.batch_size is not None:
+        options += ["--batch-size", str(args.batch_size)]
+    if args.compile:
+        options.append("--compile")
+    return options
 
 
 def export(model, path):

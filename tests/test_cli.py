@@ -71,7 +71,9 @@ def test_outputs_go_beside_the_input_and_normalize_scales_them(checkpoint, tmp_p
 
 
 @pytest.mark.slow
-def test_each_bad_input_gets_one_line_and_the_others_are_separated(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("batch_size", ["1", "4"])
+def test_each_bad_input_gets_one_line_and_the_others_are_separated(checkpoint, tmp_path, capsys,
+                                                                  batch_size):
     sf.write(tmp_path / "good1.wav", voice(0.5, 8000), 8000)
     sf.write(tmp_path / "good2.wav", voice(0.5, 22050), 22050)
     sf.write(tmp_path / "empty.wav", np.zeros(0), 8000)
@@ -79,7 +81,7 @@ def test_each_bad_input_gets_one_line_and_the_others_are_separated(checkpoint, t
     sf.write(tmp_path / "short.wav", np.full(5, 0.1), 8000)
     (tmp_path / "text.wav").write_text("not audio")
     names = ["good1.wav", "missing.wav", "text.wav", "empty.wav", "short.wav", "zeros.wav", "good2.wav"]
-    status = separate(checkpoint, *(tmp_path / n for n in names))
+    status = separate(checkpoint, "--batch-size", batch_size, *(tmp_path / n for n in names))
     err = capsys.readouterr().err
     assert status == 1
     lines = [line for line in err.splitlines() if line.startswith("nass separate: error:")]

@@ -51,6 +51,35 @@ def test_malloc_is_set_where_it_is_glibc():
     assert give_back_large_blocks() == (platform.libc_ver()[0] == "glibc")
 
 
+# Minor page faults while filling a 64 MiB tensor (twice glibc's largest mapping
+# threshold) made and freed twice before, as windows are; argv[1]: the policy.
+REPEATED_TENSOR_FAULTS = """
+import resource, sys, torch
+from nass.inference.process import give_back_large_blocks, reuse_freed_memory
+assert {"mapped": give_back_large_blocks, "reused": reuse_freed_memory}[sys.argv[1]]()
+for _ in range(2):
+    made = torch.ones(2**24)
+    del made
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+made = torch.ones(2**24)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc is what is set")
+def test_separating_reuses_freed_memory_instead_of_fresh_pages():
+    pages = 2**26 // os.sysconf("SC_PAGE_SIZE")
+    faults = {}
+    # Each in a fresh process: the policy holds for the whole process (and nass
+    # separate run in-process by other tests has set this one's).
+    for policy in ("mapped", "reused"):
+        run = subprocess.run([sys.executable, "-c", REPEATED_TENSOR_FAULTS, policy],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        faults[policy] = int(run.stdout.split()[-1])
+    assert faults["mapped"] > pages / 2 and faults["reused"] < pages / 20, faults
+
+
 def test_the_estimate_follows_the_attention_quadratic_or_not():
     fused = load_model(HPARAMS, TINY).eval()
     explicit = load_model(HPARAMS, {**TINY, "fused_attention": False}).eval()
@@ -129,3 +158,15 @@ def test_nass_separate_max_memory(tmp_path, capsys):
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
     assert [line for line in run.stderr.splitlines() if "windows capped" in line] == notes
+
+
+def test_a_batch_of_windows_costs_about_its_windows_and_the_budget_bounds_it():
+    model = load_model(HPARAMS, TINY).eval()
+    window = 4 * 8000
+    one, four = forward_bytes(model, window), forward_bytes(model, window, batch=4)
+    assert 3.8 < four / one < 4.2
+    max_memory = window_bytes(model, window, batch=3) / GIB
+    separator = Separator(model, 8000, chunk_seconds=4, max_memory=max_memory, batch_size=8)
+    assert separator.chunk_size == window and separator.batch_size == 3
+    assert separator.batch_note.startswith("3 window(s) at a time instead of 8")
+    assert window_bytes(model, window, batch=4) > max_memory * GIB

@@ -443,3 +443,72 @@ def test_a_checkpoint_file_torch_refuses_to_unpickle_is_called_corrupt(checkpoin
     with pytest.raises(CorruptCheckpointError, match=r"is corrupt: masknet.ckpt \(UnpicklingError\)") as err:
         check_fit({"masknet": model.masknet}, copy)
     assert "weights_only" not in str(err.value)
+
+
+class RecordingBatches(RecordingLengths):
+    """Wraps a model and records the shape of every input it is given."""
+
+    def forward(self, mix):
+        self.lengths.append(tuple(mix.shape))
+        return self.model(mix)
+
+
+def test_batched_windows_and_recordings_equal_one_at_a_time(separator, tmp_path):
+    # 8 kHz, 0.5 s windows (4000 samples): a long recording of many windows and
+    # an odd last one, two short ones of one length (batched together), one of another.
+    seconds = [3.3, 0.4, 0.4, 0.7]
+    paths = []
+    for k, length in enumerate(seconds):
+        paths.append(tmp_path / f"talk{k}.wav")
+        sf.write(paths[-1], speech_like(length, 8000, seed=k).numpy(), 8000, subtype="FLOAT")
+    one_by_one = Separator(separator.model, 8000, chunk_seconds=0.5, batch_size=1)
+    model = RecordingBatches(separator.model)
+    batched = Separator(model, 8000, chunk_seconds=0.5, batch_size=4)
+    assert batched.batch_size == 4
+    together = batched.separate_files(paths)
+    # Equal-length windows share batches of at most 4; no batch mixes lengths.
+    assert max(shape[0] for shape in model.lengths) == 4
+    assert sum(shape[0] for shape in model.lengths) == sum(
+        len(plan_windows(round(s * 8000), 4000)) for s in seconds)
+    assert (2, 3200) in model.lengths
+    for path, sources in zip(paths, together):
+        alone = one_by_one.separate_file(path)
+        assert list(sources) == list(alone) and sources.report == alone.report
+        for name in alone:
+            assert torch.allclose(sources[name], alone[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_a_recording_that_cannot_be_separated_leaves_the_others_batched(separator):
+    batched = Separator(separator.model, 8000, chunk_seconds=0.5, batch_size=4)
+    recordings = [("good", speech_like(0.4, 8000), 8000), ("silent", torch.zeros(3200), 8000),
+                  ("also good", speech_like(0.4, 8000, seed=1), 8000)]
+    results = dict(batched.separate_each(recordings))
+    assert isinstance(results["silent"], AudioInputError) and "silent" in str(results["silent"])
+    assert torch.allclose(results["also good"]["spk1"],
+                          batched.separate_tensor(speech_like(0.4, 8000, seed=1), 8000)["spk1"],
+                          atol=1e-6)
+
+
+def test_a_batch_size_that_is_not_a_whole_number_is_refused(separator):
+    for wrong in (0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a whole number"):
+            Separator(separator.model, 8000, batch_size=wrong)
+
+
+@pytest.mark.slow
+def test_compiled_separation_equals_eager_and_compiles_once(separator):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = Separator(separator.model, 8000, chunk_seconds=0.5, batch_size=3)
+    compiled = Separator(separator.model, 8000, chunk_seconds=0.5, batch_size=3, compile=True)
+    first, second = speech_like(2.3, 8000), speech_like(1.7, 8000, seed=1)  # 6 and 4 windows
+    out = compiled.separate_tensor(first, 8000)
+    assert compiled.compile_note.startswith("model compiled for 3 x 0.5 s windows")
+    # Another length, a batch not full: the same compiled shape, nothing compiled again.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = compiled.separate_tensor(second, 8000)
+    for result, mixture in ((out, first), (again, second)):
+        reference = eager.separate_tensor(mixture, 8000)
+        for name in reference:
+            assert torch.allclose(result[name], reference[name], atol=1e-4, rtol=1e-3), name

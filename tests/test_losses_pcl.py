@@ -312,3 +312,41 @@ def test_frame_pcl_runs_under_bf16_autocast_on_cpu():
     torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
     low.sum().backward()
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().max() > 0 for p in masknet.parameters())
+
+
+def pcl_loss_one_call_per_part(sampler, nce, estimates, clean, assignment, weight, patch_ids):
+    """The PCL term as it was computed before the calls were batched: queries, then the
+    detached positives and negatives, then one PatchNCE per speaker."""
+    n_spk, batch = clean.shape[:2]
+    aligned = estimates.transpose(0, 1)[torch.arange(batch)[:, None], assignment].transpose(0, 1)
+    queries, _ = sampler(list(aligned[:n_spk]), 0, patch_ids)
+    with torch.no_grad():
+        fixed, _ = sampler([*clean, aligned[n_spk]], 0, patch_ids)
+    total = sum(nce(q, p, fixed[-1]).mean(dim=1) for q, p in zip(queries, fixed[:-1]))
+    return total * (weight / n_spk)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "frame"])
+def test_batched_pcl_gives_the_losses_and_gradients_of_one_call_per_part(kind):
+    torch.manual_seed(0)
+    sampler = build_patch_sampler(2.0, proj_dim=8, kind=kind, num_channels=16)
+    nce = PatchNCELoss()
+    estimates = torch.rand(3, 2, 16, 40, requires_grad=True)
+    clean = torch.rand(2, 2, 16, 40)
+    assignment = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    patch_ids = sampler.draw_patch_ids((2, 16, 40), 24)
+    results = []
+    for compute in (lambda: pcl_loss(sampler, nce, estimates, clean, assignment, 24, 2.0,
+                                     patch_ids)[0],
+                    lambda: pcl_loss_one_call_per_part(sampler, nce, estimates, clean,
+                                                       assignment, 2.0, patch_ids)):
+        sampler.zero_grad()
+        estimates.grad = None
+        loss = compute()
+        loss.sum().backward()
+        results.append((loss.detach(), estimates.grad.clone(),
+                        [p.grad.clone() for p in sampler.parameters()]))
+    (new, new_grad, new_params), (old, old_grad, old_params) = results
+    assert torch.allclose(new, old, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(new_grad, old_grad, rtol=1e-5, atol=1e-8)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(new_params, old_params))

@@ -1,10 +1,12 @@
 """Separating in bf16 (and fp16 on CUDA): what runs in which precision, agreement with fp32."""
 
+import warnings
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
+from speechbrain.utils.checkpoints import Checkpointer
 
 import nass
 from conftest import LIBRIMIX_HPARAMS as HPARAMS, TINY
@@ -14,7 +16,8 @@ from nass.cli import main
 from nass.inference import Separator
 from nass.model.loading import load_model
 from nass.metrics import si_snr
-from nass.model.precision import NORMS, set_precision, set_tf32
+from nass.model.precision import (NORMS, SlowPrecisionWarning, precision_dtype, set_precision,
+                                  set_tf32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -118,6 +121,34 @@ def test_an_overflow_in_half_precision_is_an_error_not_silent_nans(monkeypatch):
                      .sign())
     with pytest.raises(RuntimeError, match="overflowed in fp16 on this input"):
         separator.separate_tensor(real_mixture(), 8000)
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_is_one_warning_naming_fp32(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setattr(nass.model.precision, "cpu_has_bf16_matmul", lambda: False)
+    with pytest.warns(SlowPrecisionWarning, match="bf16 runs many times slower than fp32 here; "
+                                                  "use fp32"):
+        precision_dtype("bf16", "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowPrecisionWarning)
+        precision_dtype("bf16")              # no device: nothing to judge
+        precision_dtype("fp32", "cpu")
+        monkeypatch.setattr(nass.model.precision, "cpu_has_bf16_matmul", lambda: True)
+        precision_dtype("bf16", "cpu")
+    monkeypatch.setattr(nass.model.precision, "cpu_has_bf16_matmul", lambda: False)
+    torch.manual_seed(0)
+    model = load_model(HPARAMS, TINY)
+    Checkpointer(tmp_path / "save", {"encoder": model.encoder, "masknet": model.masknet,
+                                     "decoder": model.decoder}).save_checkpoint(meta={"si-snr": 0.0})
+    sf.write(tmp_path / "talk.wav", real_mixture().numpy()[:8000], 8000)
+    status = main(["separate", "--hparams", str(HPARAMS), "--checkpoint", str(tmp_path / "save"),
+                   "--precision", "bf16", str(tmp_path / "talk.wav")]
+                  + [arg for k, v in TINY.items() for arg in (f"--{k}", str(v))])
+    assert status == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "bf16 runs" in line]
+    assert warned == ["nass separate: warning: precision bf16: this CPU has no bf16 matrix "
+                      "kernels (AVX-512 or AMX), so bf16 runs many times slower than fp32 "
+                      "here; use fp32"]
 
 
 def test_tf32_on_a_cpu_is_refused_in_one_line(tmp_path, capsys):

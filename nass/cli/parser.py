@@ -56,6 +56,14 @@ def build_parser():
                                    "from the model); longer windows are shortened to fit "
                                    "(default: the weights plus 80%% of the memory available: "
                                    "the system's, or the CUDA device's)"),
+        separate.add_argument("--batch-size", type=int, metavar="N",
+                              help="the most windows (of one input or of several) run through "
+                                   "the model at once, fewer if --max-memory cannot hold them "
+                                   "(default 16 on CUDA, 1 on the CPU)"),
+        separate.add_argument("--compile", action="store_true",
+                              help="run whole windows through torch.compile of the model, "
+                                   "compiled once for one batch shape (the time is printed); "
+                                   "needs a C++ compiler on the CPU"),
         separate.add_argument("--noise-output", type=int, metavar="K",
                               help="call model output K (0-based, as listed in "
                                    "<input>_sources.json) the noise, instead of the one "

@@ -32,22 +32,32 @@ from nass.audio import (
 from nass.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, report
 from nass.inference import Separator
 from nass.inference.memory import MemoryBudgetError
-from nass.inference.process import give_back_large_blocks
-from nass.model.precision import PrecisionError
+from nass.inference.process import reuse_freed_memory
+from nass.model.precision import PrecisionError, SlowPrecisionWarning
 
 
 def separate_command(args, overrides):
     """``nass separate``: separates every input, reports failures, returns the exit status."""
-    give_back_large_blocks()  # this process's policy: window memory as nass.inference.memory estimates
+    reuse_freed_memory()  # each window's tensors on the memory of the last, no fresh pages
     for option, value, finite in (("--chunk-seconds", args.chunk_seconds, False),
                                   ("--max-memory", args.max_memory, True)):
         # Checked here to name the option: the API's message names its argument.
         if value is not None and not (value > 0 and (not finite or value < float("inf"))):
             report(f"{option} must be a number > 0, got {value:g}")
             return EXIT_FAILED
+    if args.batch_size is not None and args.batch_size < 1:
+        report(f"--batch-size must be a whole number >= 1, got {args.batch_size}")
+        return EXIT_FAILED
     try:
-        separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
-                                   progress=sys.stderr.isatty(), max_memory=args.max_memory)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SlowPrecisionWarning)
+            separator = load_separator(args, overrides, chunk_seconds=args.chunk_seconds,
+                                       progress=sys.stderr.isatty(), max_memory=args.max_memory,
+                                       batch_size=args.batch_size, compile=args.compile)
+        # The rule is asked more than once while loading: each message once.
+        for message in dict.fromkeys(str(w.message) for w in caught
+                                     if issubclass(w.category, SlowPrecisionWarning)):
+            report(message, level="warning")
     except PrecisionError as err:
         report(f"--precision {args.precision}: {err}")
         return EXIT_FAILED
@@ -71,8 +81,9 @@ def separate_command(args, overrides):
         return EXIT_FAILED
     what = "ONNX model" if args.onnx else "checkpoint"
     print(f"nass separate: using {what} {separator.checkpoint}")
-    if separator.window_note:
-        report(separator.window_note, level="note")
+    for note in (separator.window_note, separator.batch_note):
+        if note:
+            report(note, level="note")
     done = []
     try:
         failed = _separate_each(separator, plan, args, done)
@@ -81,6 +92,8 @@ def separate_command(args, overrides):
                + (f" (the last: {done[-1]})" if done else "")
                + "; the outputs of the input in progress were removed", level="error")
         return EXIT_INTERRUPTED
+    if separator.compile_note:
+        report(separator.compile_note, level="note")
     if failed:
         report(f"{failed} of {len(args.inputs)} input(s) failed")
         return EXIT_FAILED
@@ -88,26 +101,45 @@ def separate_command(args, overrides):
 
 
 def _separate_each(separator, plan, args, done):
-    """Separates the inputs of ``plan``, appending each one done to ``done``; returns how many failed."""
+    """Separates the inputs of ``plan``, appending each one done to ``done``; returns how many failed.
+
+    Inputs are read as the separator asks for them, and the windows of
+    consecutive inputs go through the model in batches (``Separator.separate_each``).
+    """
     failed = 0
-    for path, paths in tqdm(plan.items(), disable=None, unit="file", desc="files"):
-        sidecar = report_path(path, args.out_dir)
-        written = []
-        try:
-            existing = [p.name for p in [*paths.values(), sidecar] if p.exists()]
-            if existing and not args.overwrite:
-                verb = "exists" if len(existing) == 1 else "exist"
-                raise FileExistsError(
-                    f"{', '.join(existing)} already {verb} from before this run "
-                    f"(use --overwrite to replace)"
-                )
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", TruncatedAudioWarning)
-                waveform, sample_rate = read_audio(path)
+
+    def readable():
+        """``((path, rate), waveform, rate)`` of each input that may be separated; the others reported."""
+        nonlocal failed
+        for path, paths in plan.items():
+            try:
+                existing = [p.name for p in [*paths.values(), report_path(path, args.out_dir)]
+                            if p.exists()]
+                if existing and not args.overwrite:
+                    verb = "exists" if len(existing) == 1 else "exist"
+                    raise FileExistsError(
+                        f"{', '.join(existing)} already {verb} from before this run "
+                        f"(use --overwrite to replace)"
+                    )
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", TruncatedAudioWarning)
+                    waveform, sample_rate = read_audio(path)
+            except (AudioInputError, OSError) as err:
+                failed += 1
+                report(f"{path}: {err}")
+                continue
             for warning in caught:
                 report(str(warning.message), level="warning")
-            sources = separator.separate_tensor(waveform, sample_rate,
-                                                noise_output=args.noise_output)
+            yield (path, sample_rate), waveform, sample_rate
+
+    separated = separator.separate_each(readable(), noise_output=args.noise_output)
+    for (path, sample_rate), sources in tqdm(separated, total=len(plan), disable=None,
+                                             unit="file", desc="files"):
+        paths, sidecar = plan[path], report_path(path, args.out_dir)
+        written = []
+        try:
+            if isinstance(sources, Exception):
+                raise sources
             for name, target in paths.items():
                 # Listed before it is written: Ctrl-C during the write removes it too.
                 written.append(target)

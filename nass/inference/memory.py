@@ -1,4 +1,4 @@
-"""How much memory one window of separation needs, and the longest window a budget allows.
+"""How much memory a window (or a batch of windows) of separation needs, and the longest window a budget allows.
 
 A window's peak memory is the model's weights, plus the input, plus the most
 bytes the tensors of one forward pass hold at any one time. The last is found
@@ -184,8 +184,8 @@ class LiveBytes(TorchFunctionMode):
 RNN_GATES = {torch._VF.lstm: 4, torch._VF.gru: 3, torch._VF.rnn_tanh: 1, torch._VF.rnn_relu: 1}
 
 
-def forward_bytes(model, samples):
-    """The most bytes the tensors of ``model``'s forward pass on ``[1, samples]`` hold at once.
+def forward_bytes(model, samples, batch=1):
+    """The most bytes the tensors of ``model``'s forward pass on ``[batch, samples]`` hold at once.
 
     Traced on meta tensors (nothing is computed or allocated), under
     ``no_grad``, with ``model``'s own dtypes and hooks, as if on a CPU or
@@ -193,7 +193,7 @@ def forward_bytes(model, samples):
     """
     weights = {name: torch.empty_like(value, device="meta") for name, value in
                [*model.named_parameters(), *model.named_buffers()]}
-    mixture = torch.zeros(1, int(samples), device="meta")
+    mixture = torch.zeros(int(batch), int(samples), device="meta")
     counter = LiveBytes(external=[t.untyped_storage()._cdata
                                   for t in [mixture, *weights.values()]])
     with torch.no_grad(), counter:
@@ -207,9 +207,9 @@ def weights_bytes(model):
                for t in [*model.parameters(), *model.buffers()])
 
 
-def window_bytes(model, samples):
-    """Peak bytes of separating one window of ``samples``: weights, input and :func:`forward_bytes`."""
-    return weights_bytes(model) + 4 * int(samples) + forward_bytes(model, samples)
+def window_bytes(model, samples, batch=1):
+    """Peak bytes of separating ``batch`` windows of ``samples`` at once: weights, inputs and :func:`forward_bytes`."""
+    return weights_bytes(model) + 4 * int(batch) * int(samples) + forward_bytes(model, samples, batch)
 
 
 def longest_window(model, budget, shortest, upper=None):
@@ -257,6 +257,26 @@ def _plan_window(model, budget, shortest, asked):
     longest = longest_window(model, budget, shortest, upper=asked)
     asked_bytes = None if asked is None or longest == asked else window_bytes(model, asked)
     return longest, asked_bytes, window_bytes(model, shortest)
+
+
+def largest_batch(model, budget, samples, most):
+    """The most windows of ``samples``, up to ``most``, whose :func:`window_bytes` fit ``budget`` together.
+
+    At least 1 (the window was planned to fit alone). Bisection on traced
+    estimates, in a child process (:func:`in_a_child`).
+    """
+    return in_a_child(_largest_batch, model, budget, samples, most)
+
+
+def _largest_batch(model, budget, samples, most):
+    low, high = 1, int(most) + 1       # low fits (or is the least there is); high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if window_bytes(model, samples, middle) <= budget:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def default_budget(model, device):

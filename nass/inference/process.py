@@ -14,10 +14,14 @@ from pathlib import Path
 
 import torch
 
-# glibc's mallopt parameter, and the size from which freed blocks go straight
-# back to the system (see give_back_large_blocks).
+# glibc's mallopt parameters, and the size from which blocks are mapped on
+# their own when measuring (see give_back_large_blocks).
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 LARGE_BLOCK = 2**20
+# Free memory at the top of the heap kept for reuse up to this much (glibc's int).
+KEEP_FREED = 2**31 - 1
 
 
 def in_a_child(function, *args):
@@ -71,13 +75,32 @@ def available_memory(device):
 def give_back_large_blocks():
     """Has glibc's malloc map blocks of :data:`LARGE_BLOCK` or more on their own; True if it could.
 
-    Set by whoever starts the process (``nass separate``): glibc otherwise
-    raises its mapping threshold as large blocks are freed, keeps the
-    window's tensors on heaps that grow, and memory outgrows what
-    :mod:`nass.inference.memory` estimates (1.6x on a release-size window).
-    The price is fresh, zeroed pages for every large tensor (figures in
-    ``benchmarks/README.md``). Elsewhere than glibc nothing changes and
-    False is returned.
+    For measuring what one forward pass's tensors take
+    (``benchmarks/memory_probe.py``): every large tensor then comes from
+    the system and goes back to it when freed, so the growth of the
+    resident memory is the tensors' own. Not for separating: the fresh,
+    zeroed pages of every large tensor cost a third of the CPU time in the
+    kernel (:func:`reuse_freed_memory`). Elsewhere than glibc nothing
+    changes and False is returned.
     """
     mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
     return bool(mallopt) and mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK) == 1
+
+
+def reuse_freed_memory():
+    """Has glibc's malloc keep every block on its heap and reuse freed memory; True if it could.
+
+    Set by ``nass separate`` when it starts. glibc otherwise maps every
+    block over its threshold (at most 32 MiB; a 30 s window's tensors are
+    30-60 MiB) afresh, so each window's tensors are new pages, faulted in
+    and zeroed by the kernel; and below the threshold its heaps fragment
+    and grow. Kept on the heap (no mapping, no trimming), the windows'
+    tensors reuse the same memory. Measured (``benchmarks/malloc.py``,
+    figures in ``benchmarks/README.md``): kernel time from 29 % of the CPU
+    time to under 1 %, peak memory within 10 % of blocks mapped on their
+    own, 20 % under glibc's defaults. Elsewhere than glibc nothing changes
+    and False is returned.
+    """
+    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
+    return bool(mallopt) and mallopt(M_MMAP_MAX, 0) == 1 and \
+        mallopt(M_TRIM_THRESHOLD, KEEP_FREED) == 1

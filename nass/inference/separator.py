@@ -29,8 +29,10 @@ Example
 """
 
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchaudio
@@ -38,11 +40,19 @@ import torchaudio
 from nass.audio import AudioInputError, read_audio
 from nass.inference.memory import GIB, default_budget
 from nass.inference.noise_id import identify_noise
-from nass.inference.windows import choose_window, separate_in_chunks
+from nass.inference.windows import (choose_batch, choose_window, join_windows, plan_windows,
+                                    run_in_batches)
 from nass.model.loading import load_pretrained, load_trained
 from nass.model.precision import check_finite, precision_dtype, set_precision, set_tf32
 
 logger = logging.getLogger(__name__)
+
+# Windows run through the model at once unless asked otherwise, per device
+# type. On a GPU a 30 s window took 37 ms at 16 per batch against 87 ms one
+# at a time (bf16, H200, as reported in issue 19); on a CPU a window's matrix
+# products fill the cores already (2 windows per batch were no faster per
+# window here, benchmarks/README.md) and more windows only multiply the memory.
+DEFAULT_BATCH = {"cuda": 16, "cpu": 1}
 
 
 class Sources(OrderedDict):
@@ -59,6 +69,14 @@ class Sources(OrderedDict):
     def __init__(self, items=(), report=None):
         super().__init__(items)
         self.report = report or {}
+
+
+class Prepared(NamedTuple):
+    """A recording ready for the model: its length and rate as given, and ``[T]`` at the model's rate."""
+
+    length: int
+    sample_rate: int
+    resampled: torch.Tensor
 
 
 class Separator:
@@ -87,14 +105,29 @@ class Separator:
         (:mod:`nass.model.precision`). Converts ``model`` in place; sets
         PyTorch's process-wide TF32 flags on CUDA (:func:`nass.model.precision.set_tf32`).
     max_memory : float, optional
-        GiB the model's weights and one window may take; windows are
+        GiB the model's weights and one batch of windows may take; windows are
         shortened to fit. Default: the weights plus 80 % of the memory
         available now (the system's, or the CUDA device's). Refused for
         models whose memory is not estimated (ONNX Runtime's).
+    batch_size : int, optional
+        The most windows (of one recording or of several, see
+        :meth:`separate_each`) run through the model at once, fewer if
+        ``max_memory`` cannot hold them (the number used: ``self.batch_size``).
+        Default: :data:`DEFAULT_BATCH` for the device.
+    compile : bool
+        Run whole windows through ``torch.compile`` of the model, always as
+        one ``[batch_size, window]`` shape, so it compiles once (on the
+        first batch; the time is kept as ``compile_note``) and never again:
+        a batch with fewer windows is filled with windows of zeros (rows of
+        a batch are computed independently, so this is exact), and a
+        window of another length (the last of a recording, a short
+        recording, or every one with one pass) runs through the model
+        uncompiled, as padding it would change the outputs.
     """
 
     def __init__(self, model, sample_rate, chunk_seconds=None, device="cpu", checkpoint=None,
-                 progress=False, precision="fp32", max_memory=None):
+                 progress=False, precision="fp32", max_memory=None, batch_size=None,
+                 compile=False):
         self.outputs = model.outputs
         self.device = _device(device)
         precision_dtype(precision, self.device)
@@ -109,6 +142,16 @@ class Separator:
                                                           chunk_seconds, self.max_memory)
         if self.window_note:
             logger.info(self.window_note)
+        most = DEFAULT_BATCH.get(self.device.type, 1) if batch_size is None else batch_size
+        self.batch_size, self.batch_note = choose_batch(self.model, self.chunk_size,
+                                                        self.max_memory, most)
+        if self.batch_note:
+            logger.info(self.batch_note)
+        if compile and not any(True for _ in self.model.parameters()):
+            raise ValueError("compile (--compile): a model run by ONNX Runtime is not compiled "
+                             "by torch; leave it out")
+        self.compiled = torch.compile(self.model, dynamic=False) if compile else None
+        self.compile_note = None
 
     @classmethod
     def from_hparams(cls, hparams_file, checkpoint, overrides=None, **options):
@@ -175,14 +218,29 @@ class Separator:
         unreadable, empty, silent or too short file. ``noise_output`` as in
         :meth:`separate_tensor`.
         """
-        try:
-            return self.separate_tensor(*read_audio(path), noise_output=noise_output)
-        except AudioInputError as err:
-            raise AudioInputError(f"{path}: {err}") from None
+        return self.separate_files([path], noise_output)[0]
 
-    # no_grad, not inference_mode: tensors made here may be cached (the PIT
-    # permutations of the window matching) and later used by training.
-    @torch.no_grad()
+    def separate_files(self, paths, noise_output=None):
+        """:meth:`separate_file` of each of ``paths``, their windows batched together (:meth:`separate_each`).
+
+        Raises the first error met (an :class:`AudioInputError` naming its file).
+        """
+        def recordings():
+            for path in paths:
+                try:
+                    yield (path, *read_audio(path))
+                except AudioInputError as err:
+                    raise AudioInputError(f"{path}: {err}") from None
+
+        results = []
+        for path, result in self.separate_each(recordings(), noise_output):
+            if isinstance(result, AudioInputError):
+                raise AudioInputError(f"{path}: {result}") from None
+            if isinstance(result, Exception):
+                raise result
+            results.append(result)
+        return results
+
     def separate_tensor(self, waveform, sample_rate, noise_output=None):
         """Separates ``waveform`` (``[T]`` or ``[channels, T]``) recorded at ``sample_rate``.
 
@@ -204,10 +262,88 @@ class Separator:
             ``{"spk1": [T], .., "noise": [T]}`` float32 CPU tensors at
             ``sample_rate``, as long as the input, and their ``report``.
         """
+        [(_, result)] = self.separate_each([(None, waveform, sample_rate)], noise_output)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    # no_grad, not inference_mode: tensors made here may be cached (the PIT
+    # permutations of the window matching) and later used by training.
+    @torch.no_grad()
+    def separate_each(self, recordings, noise_output=None):
+        """Yields ``(key, Sources)`` for each ``(key, waveform, sample_rate)`` of ``recordings``, in order.
+
+        The windows of consecutive recordings go through the model together,
+        :attr:`batch_size` at a time (recordings are gathered until their
+        windows fill a batch, so memory stays bounded for any number of
+        them); each recording's windows are then joined as
+        :func:`nass.inference.windows.join_windows` says. A recording that
+        cannot be separated yields ``(key, error)`` instead (an
+        :class:`AudioInputError`, or a RuntimeError for a half-precision
+        overflow), and the others go on. ``noise_output`` as in
+        :meth:`separate_tensor`, for all of them.
+        """
         try:
             self.check_noise_output(noise_output)
         except ValueError as err:
             raise ValueError(f"noise_output: {err}") from None
+        group, windows = [], 0
+        for key, waveform, sample_rate in recordings:
+            try:
+                prepared = self._prepare(waveform, sample_rate)
+            except AudioInputError as err:
+                group.append((key, err))
+                continue
+            group.append((key, prepared))
+            windows += len(self._windows(prepared.resampled))
+            if windows >= self.batch_size:
+                yield from self._separate_group(group, noise_output)
+                group, windows = [], 0
+        yield from self._separate_group(group, noise_output)
+
+    def _separate_group(self, group, noise_output):
+        """``(key, Sources or error)`` for each of ``group``'s ``(key, prepared or error)``."""
+        spans, windows = [], []
+        for _, prepared in group:
+            start = len(windows)
+            if not isinstance(prepared, Exception):
+                windows += [prepared.resampled[a:b] for a, b in self._windows(prepared.resampled)]
+            spans.append((start, len(windows)))
+        try:
+            outputs = run_in_batches(self._run_model, windows, self.batch_size,
+                                     progress=self.progress and len(windows) > 1)
+        except RuntimeError as err:  # e.g. out of memory: every recording of the batch failed
+            outputs = err
+        for (key, prepared), (start, stop) in zip(group, spans):
+            if isinstance(prepared, Exception):
+                yield key, prepared
+                continue
+            if isinstance(outputs, Exception):
+                yield key, outputs
+                continue
+            try:
+                for output in outputs[start:stop]:
+                    check_finite(output, self.precision)
+            except RuntimeError as err:
+                yield key, err
+                continue
+            joined = self._join(outputs[start:stop], prepared.resampled)
+            yield key, self._finish(joined, prepared, noise_output)
+            outputs[start:stop] = [None] * (stop - start)  # each recording's windows freed once joined
+
+    def _windows(self, resampled):
+        """``[(start, stop), ..]`` of the windows of a resampled ``[T]`` mixture."""
+        if self.chunk_size is None:
+            return [(0, resampled.shape[-1])]
+        return plan_windows(resampled.shape[-1], self.chunk_size)
+
+    def _join(self, outputs, resampled):
+        if self.chunk_size is None:
+            return outputs[0]
+        return join_windows(outputs, resampled, self.chunk_size, fixed_last=self.outputs.fixed_noise)
+
+    def _prepare(self, waveform, sample_rate):
+        """The checked mono waveform, its rate and its ``[T]`` resampled to the model's rate."""
         sample_rate = self._check_rate(sample_rate)
         mono = self._mono(pcm_to_float(waveform).cpu())
         resampled = self._resample(mono, sample_rate, self.sample_rate)
@@ -218,21 +354,33 @@ class Separator:
                 f"{self.model.kernel_size} samples at its {self.sample_rate} Hz "
                 f"({1000 * self.model.kernel_size / self.sample_rate:.2f} ms)"
             )
-        if self.chunk_size is None:
-            outputs = self._run_model(resampled[None])[0]
-        else:
-            outputs = separate_in_chunks(self._run_model, resampled[None], self.chunk_size,
-                                         fixed_last=self.outputs.fixed_noise,
-                                         progress=self.progress)[0]
+        return Prepared(mono.shape[-1], sample_rate, resampled)
+
+    def _finish(self, outputs, prepared, noise_output):
+        """:class:`Sources` from the model's joined ``[T, S]`` outputs of one recording."""
         order, report = self._output_order(outputs, noise_output)
         # One copy, [T, S] -> [S, T] in the sources' order (4 bytes per sample
         # and output on a long file).
         outputs = torch.stack([outputs[:, k] for k in order])
-        back = _fit_length(self._resample(outputs, self.sample_rate, sample_rate), mono.shape[-1])
+        back = _fit_length(self._resample(outputs, self.sample_rate, prepared.sample_rate),
+                           prepared.length)
         return Sources(zip(self.source_names, back.float().unbind(0)), report)
 
     def _run_model(self, mixture):
-        return check_finite(self.model(mixture.to(self.device)).float().cpu(), self.precision)
+        """``[B, t, S]`` float32 CPU outputs of ``mixture`` ``[B, t]``."""
+        rows, length = mixture.shape
+        if self.compiled is None or length != self.chunk_size:
+            return self.model(mixture.to(self.device)).float().cpu()
+        batch = torch.zeros(self.batch_size, length, device=self.device)
+        batch[:rows] = mixture.to(self.device)
+        start = time.perf_counter()
+        outputs = self.compiled(batch)[:rows].float().cpu()
+        if self.compile_note is None:
+            self.compile_note = (f"model compiled for {self.batch_size} x "
+                                 f"{length / self.sample_rate:g} s windows: the first batch took "
+                                 f"{time.perf_counter() - start:.1f} s, compiling included")
+            logger.info(self.compile_note)
+        return outputs
 
     def check_noise_output(self, noise_output):
         """Raises ValueError saying why ``noise_output`` cannot be the noise output (None is fine)."""

@@ -8,6 +8,9 @@ stays) and matches their levels by least squares (a scale-invariant model
 leaves them free). Inputs no longer than a window go through unchanged.
 :func:`choose_window` caps the window at what the model takes
 (:func:`longest_input`: SpeechBrain's positional encoding) and what memory allows.
+Windows go through the separator in batches of equal-length windows
+(:func:`run_in_batches`), then are matched and cross-faded one after
+another (:func:`join_windows`).
 
 Example
 -------
@@ -34,7 +37,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from nass.inference.memory import GIB, MemoryBudgetError, plan_window
+from nass.inference.memory import GIB, MemoryBudgetError, largest_batch, plan_window
 from nass.metrics import pairwise_si_snr
 from nass.losses.pit import align, best_assignment
 
@@ -94,14 +97,15 @@ def crossfade_weights(window_length, overlap_size, fade_in, fade_out):
 
 
 def separate_in_chunks(separate, mixture, chunk_size, overlap=DEFAULT_OVERLAP,
-                       fixed_last=False, progress=False):
+                       fixed_last=False, progress=False, batch_size=1):
     """Separates ``mixture`` ``[1, T]`` window by window into ``[1, T, S]``.
 
     Arguments
     ---------
     separate : callable
-        ``[1, t] -> [1, t, S]`` for any ``t <= chunk_size``, e.g. a
-        :class:`nass.model.separator.NoiseAwareSeparator` in eval mode.
+        ``[B, t] -> [B, t, S]`` for any ``t <= chunk_size`` and ``B <=
+        batch_size``, e.g. a :class:`nass.model.separator.NoiseAwareSeparator`
+        in eval mode.
     mixture : torch.Tensor
         ``[1, T]``.
     chunk_size : int
@@ -112,7 +116,9 @@ def separate_in_chunks(separate, mixture, chunk_size, overlap=DEFAULT_OVERLAP,
         The last output is a fixed slot (the noise of a model trained with
         ``noise_assignment: fixed``); only the others are matched.
     progress : bool
-        Show a progress bar over the windows.
+        Show a progress bar over the batches.
+    batch_size : int
+        The most windows given to ``separate`` at once (:func:`run_in_batches`).
 
     Returns
     -------
@@ -121,18 +127,55 @@ def separate_in_chunks(separate, mixture, chunk_size, overlap=DEFAULT_OVERLAP,
     """
     if mixture.dim() != 2 or mixture.shape[0] != 1:
         raise ValueError(f"separate_in_chunks: mixture must be [1, T], got {tuple(mixture.shape)}")
-    length = mixture.shape[1]
-    if length <= chunk_size:
+    if mixture.shape[1] <= chunk_size:
         return separate(mixture)
-    windows = plan_windows(length, chunk_size, overlap)
+    windows = plan_windows(mixture.shape[1], chunk_size, overlap)
+    outputs = run_in_batches(separate, [mixture[0, start:stop] for start, stop in windows],
+                             batch_size, progress)
+    return join_windows(outputs, mixture[0], chunk_size, overlap, fixed_last)[None]
+
+
+def run_in_batches(separate, windows, batch_size, progress=False):
+    """``[t_k, S]`` outputs of ``separate`` for each of ``windows`` (``[t_k]`` each), in their order.
+
+    Windows of equal length go through ``separate`` (``[B, t] -> [B, t, S]``)
+    together, at most ``batch_size`` at a time, in order of first
+    appearance; windows of different lengths never share a batch, since
+    padding would change what a model that normalises over its whole input
+    returns.
+    """
+    by_length = {}
+    for index, window in enumerate(windows):
+        by_length.setdefault(window.shape[-1], []).append(index)
+    batches = [indices[first:first + batch_size] for indices in by_length.values()
+               for first in range(0, len(indices), batch_size)]
+    outputs = [None] * len(windows)
+    for batch in tqdm(batches, disable=not progress, leave=False, unit="batch", desc="windows"):
+        estimates = separate(torch.stack([windows[index] for index in batch])).detach().cpu()
+        for index, estimate in zip(batch, estimates):
+            outputs[index] = estimate
+    return outputs
+
+
+def join_windows(outputs, mixture, chunk_size, overlap=DEFAULT_OVERLAP, fixed_last=False):
+    """``[T, S]``: the outputs ``[t_k, S]`` of the windows of :func:`plan_windows` on ``mixture`` ``[T]``, joined.
+
+    Each window's outputs are matched in order and level to the previous
+    window's (the module docstring says how), then cross-faded in; this
+    runs window after window, on the CPU, and is cheap next to the model.
+    """
+    windows = plan_windows(mixture.shape[-1], chunk_size, overlap)
+    if len(outputs) != len(windows):
+        raise ValueError(f"join_windows: {len(outputs)} outputs for {len(windows)} windows")
+    if len(windows) == 1:
+        return outputs[0]
     overlap_size = _overlap_size(chunk_size, overlap)
     output = previous_tail = None
-    for index, (start, stop) in enumerate(tqdm(windows, disable=not progress, leave=False,
-                                               unit="chunk", desc="chunks")):
-        est = separate(mixture[:, start:stop]).detach().cpu()
-        window_mixture = mixture[:, start:stop].to(est.dtype)
+    for index, ((start, stop), est) in enumerate(zip(windows, outputs)):
+        est = est[None]
+        window_mixture = mixture[None, start:stop].to(est.dtype)
         if output is None:
-            output = torch.zeros(1, length, est.shape[-1], dtype=est.dtype)
+            output = torch.zeros(1, mixture.shape[-1], est.shape[-1], dtype=est.dtype)
             est = est * _fit_to_mixture(est, window_mixture, torch.ones(est.shape[-1], dtype=torch.bool),
                                         torch.ones(est.shape[-1], dtype=torch.float64))
         else:
@@ -142,7 +185,7 @@ def separate_in_chunks(separate, mixture, chunk_size, overlap=DEFAULT_OVERLAP,
                                     fade_out=index < len(windows) - 1)
         output[:, start:stop] += est * weights[None, :, None].to(est.dtype)
         previous_tail = est[:, -overlap_size:]
-    return output
+    return output[0]
 
 
 def longest_input(model):
@@ -310,3 +353,26 @@ def choose_window(model, sample_rate, chunk_seconds=None, max_memory=None):
                 f"(--max-memory; default 80 % of the memory available)")
         size = fits
     return size, note
+
+
+def choose_batch(model, window, max_memory, most):
+    """``(windows, note or None)``: how many windows of ``window`` samples to separate at once.
+
+    The most, up to ``most``, whose memory fits ``max_memory`` GiB together
+    (None: not capped; :func:`nass.inference.memory.largest_batch`), at
+    least 1. ``window`` None (one pass over whole inputs) is sized as the
+    longest input the model takes, or not batched if it sets no bound.
+    ``note`` says when memory held the batch below ``most``.
+    """
+    if not (isinstance(most, int) and not isinstance(most, bool) and most >= 1):
+        raise ValueError(f"batch_size must be a whole number of windows >= 1, got {most!r}")
+    if most == 1 or max_memory is None:
+        return most, None
+    window = window if window is not None else longest_input(model)
+    if window is None:
+        return 1, None
+    fits = largest_batch(model, max_memory * GIB, window, most)
+    if fits == most:
+        return most, None
+    return fits, (f"{fits} window(s) at a time instead of {most}: more would not fit in the "
+                  f"{max_memory:.3g} GiB allowed (--max-memory)")

@@ -409,14 +409,17 @@ def pcl_loss(sampler, nce, estimates, clean, assignment, num_patches, weight, pa
     # Reorder outputs into target order, utterance by utterance.
     aligned = estimates.transpose(0, 1)[torch.arange(batch, device=assignment.device)[:, None], assignment]
     aligned = aligned.transpose(0, 1)
-    queries, patch_ids = sampler(list(aligned[:n_spk]), num_patches, patch_ids, valid_frames)
-    # Positives and negatives are detached in the loss: no graph is needed for them.
-    with torch.no_grad():
-        fixed, _ = sampler([*clean, aligned[n_spk]], num_patches, patch_ids, valid_frames)
-    negatives = fixed[-1]
-    total = 0.0
-    for query, positive in zip(queries, fixed[:-1]):
-        total = total + nce(query, positive, negatives).mean(dim=1)
+    # One sampler call and one PatchNCE call for all speakers: a few large
+    # launches instead of many small ones (the step is launch-bound on a GPU).
+    # Positives and negatives are detached in the loss, so only the queries'
+    # embeddings get gradients, as if they had been sampled apart.
+    features, patch_ids = sampler([*aligned[:n_spk], *clean, aligned[n_spk]], num_patches,
+                                  patch_ids, valid_frames)
+    queries = torch.cat(features[:n_spk])                                # [C * B, K, D]
+    positives = torch.cat(features[n_spk:2 * n_spk])
+    negatives = features[-1].repeat(n_spk, 1, 1)
+    per_patch = nce(queries, positives, negatives)                       # [C * B, K]
+    total = per_patch.mean(dim=1).reshape(n_spk, batch).sum(dim=0)
     return total * (weight / n_spk), len(patch_ids)
 
 

@@ -32,6 +32,8 @@ torch.bfloat16
 (torch.float32, True)
 """
 
+import warnings
+
 import torch
 from speechbrain.lobes.models.dual_path import GlobalLayerNorm
 from torch import nn
@@ -48,6 +50,10 @@ class PrecisionError(ValueError):
     """A precision that is unknown, or that the device cannot run."""
 
 
+class SlowPrecisionWarning(UserWarning):
+    """A precision the device runs, but far slower than fp32."""
+
+
 def precision_dtype(precision, device=None, training=False):
     """The dtype of ``precision`` (fp32, tf32, bf16, fp16), usable on ``device`` if given; else :class:`PrecisionError`.
 
@@ -55,6 +61,10 @@ def precision_dtype(precision, device=None, training=False):
     unasked). fp16 needs CUDA, or for separation a CPU with native fp16
     matrix products (:func:`cpu_has_fp16_matmul`); training in fp16 needs
     CUDA (its gradient scaler is CUDA's).
+    bf16 on a CPU without bf16 matrix kernels (:func:`cpu_has_bf16_matmul`)
+    runs, but many times slower than fp32 (a release-size ``--compare`` did
+    not finish in 25 minutes on an AMD EPYC without AVX-512): it gets one
+    :class:`SlowPrecisionWarning` line naming fp32.
 
     >>> precision_dtype("bf16")
     torch.bfloat16
@@ -87,6 +97,11 @@ def precision_dtype(precision, device=None, training=False):
                 f"precision fp16 needs a CUDA device or a CPU with native fp16 matrix products "
                 f"(AVX512-FP16 or AMX-FP16), and device {device} has none; use bf16 or fp32"
             )
+    if precision == "bf16" and device is not None and torch.device(device).type == "cpu" \
+            and not cpu_has_bf16_matmul():
+        warnings.warn(SlowPrecisionWarning(
+            "precision bf16: this CPU has no bf16 matrix kernels (AVX-512 or AMX), so bf16 runs "
+            "many times slower than fp32 here; use fp32"))
     return PRECISIONS[precision]
 
 
@@ -106,6 +121,15 @@ def set_tf32(precision, device):
 def speechbrain_precision(precision):
     """SpeechBrain's run option for ``precision``: tf32 runs as SpeechBrain's fp32, TF32 set by :func:`set_tf32`."""
     return "fp32" if precision == "tf32" else precision
+
+
+def cpu_has_bf16_matmul():
+    """Whether oneDNN has bf16 matrix kernels for this CPU (AVX-512 cores, AVX512-BF16 or AMX)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
 
 
 def cpu_has_fp16_matmul():
