@@ -125,16 +125,17 @@ def speechbrain_precision(precision):
 
 def cpu_has_bf16_matmul():
     """Whether oneDNN has bf16 matrix kernels for this CPU (AVX-512 cores, AVX512-BF16 or AMX)."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
+    return _onednn_supports("_is_mkldnn_bf16_supported")
 
 
 def cpu_has_fp16_matmul():
     """Whether this CPU multiplies fp16 matrices natively (oneDNN with AVX512-FP16 or AMX-FP16)."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", None)
+    return _onednn_supports("_is_mkldnn_fp16_supported")
+
+
+def _onednn_supports(probe_name):
+    """What oneDNN's probe ``probe_name`` answers; False where this torch has no such probe."""
+    probe = getattr(torch.ops.mkldnn, probe_name, None)
     try:
         return bool(probe()) if probe is not None else False
     except RuntimeError:
