@@ -274,3 +274,69 @@ def save_report(report, input_path, paths, path):
         name: {"file": Path(paths[name]).name, "model_output": index}
         for name, index in report["outputs"].items()})
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+# Integer PCM as soundfile scales it when reading files: full scale is 1.0.
+_PCM_SCALE = {torch.int16: (0, 2 ** 15), torch.int32: (0, 2 ** 31), torch.uint8: (128, 128)}
+
+
+def pcm_to_float(waveform):
+    """``waveform`` as float32: integer PCM scaled to [-1, 1], other real dtypes converted.
+
+    >>> pcm_to_float(torch.tensor([-32768, 16384], dtype=torch.int16))
+    tensor([-1.0000,  0.5000])
+    >>> pcm_to_float(torch.tensor([True]))
+    Traceback (most recent call last):
+    ...
+    TypeError: waveform: a bool tensor holds no audio samples; pass float samples or integer PCM (int16, int32, uint8)
+    """
+    waveform = torch.as_tensor(waveform)
+    dtype = waveform.dtype
+    if dtype == torch.bool or dtype.is_complex:
+        raise TypeError(f"waveform: a {str(dtype).replace('torch.', '')} tensor holds no audio "
+                        f"samples; pass float samples or integer PCM (int16, int32, uint8)")
+    if dtype in _PCM_SCALE:
+        offset, scale = _PCM_SCALE[dtype]
+        return (waveform.double() - offset).div(scale).float()
+    if not dtype.is_floating_point:
+        raise TypeError(f"waveform: {str(dtype).replace('torch.', '')} is not a PCM sample "
+                        f"type; pass float samples or integer PCM (int16, int32, uint8)")
+    return waveform.float()
+
+
+def to_mono(waveform):
+    """A ``[T]`` or ``[channels, T]`` float waveform as checked mono ``[T]`` (channels averaged)."""
+    channels = waveform
+    if waveform.dim() == 2:
+        if waveform.shape[0] > waveform.shape[1]:
+            raise AudioInputError(
+                f"expected a [channels, T] waveform, got shape {tuple(waveform.shape)}: "
+                f"{waveform.shape[0]} channels of {waveform.shape[1]} samples each; if it "
+                f"is [T, channels], pass waveform.T"
+            )
+        waveform = waveform.mean(dim=0)
+    if waveform.dim() != 1:
+        raise AudioInputError(
+            f"expected a [T] or [channels, T] waveform, got shape {tuple(waveform.shape)}"
+        )
+    if waveform.numel() == 0:
+        raise AudioInputError("empty (no samples)")
+    if not torch.isfinite(waveform).all():
+        raise AudioInputError("contains NaN or infinite samples")
+    if not waveform.any():
+        if channels.any():
+            raise AudioInputError(
+                f"its {channels.shape[0]} channels cancel out when averaged to mono (one is "
+                f"the other's negative): separate one channel, e.g. waveform[0]")
+        raise AudioInputError("silent (all samples are zero): nothing to separate")
+    return waveform
+
+
+def check_sample_rate(sample_rate):
+    """``sample_rate`` as an int; TypeError for a non-number, AudioInputError for a bad value."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
+        raise TypeError(f"sample_rate must be a number of Hz, got {sample_rate!r}")
+    if sample_rate <= 0 or int(sample_rate) != sample_rate:
+        raise AudioInputError(
+            f"sample rate must be a positive whole number of Hz, got {sample_rate}")
+    return int(sample_rate)

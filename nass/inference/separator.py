@@ -9,7 +9,9 @@ the mask network in ``bf16``/``fp16`` if asked (:mod:`nass.model.precision`).
 Which output is the noise: the last for ``noise_assignment: fixed`` models;
 for ``pit`` models the one least like a voice (:mod:`nass.inference.noise_id`);
 ``noise_output=K`` overrides. :attr:`Sources.report` says which model output
-each source came from and why.
+each source came from and why. The windows of one or many inputs go through
+the model in batches (``batch_size``), compiled at one shape if asked. About
+460 lines: one class, whose batching across inputs needs the bookkeeping.
 
 Example
 -------
@@ -37,7 +39,7 @@ from typing import NamedTuple
 import torch
 import torchaudio
 
-from nass.audio import AudioInputError, read_audio
+from nass.audio import AudioInputError, check_sample_rate, pcm_to_float, read_audio, to_mono
 from nass.inference.memory import GIB, default_budget
 from nass.inference.noise_id import identify_noise
 from nass.inference.windows import (choose_batch, choose_window, join_windows, plan_windows,
@@ -134,7 +136,7 @@ class Separator:
         set_tf32(precision, self.device)
         self.precision = precision
         self.model = set_precision(model.to(self.device).eval(), precision)
-        self.sample_rate = self._check_rate(sample_rate)
+        self.sample_rate = check_sample_rate(sample_rate)
         self.checkpoint = checkpoint
         self.progress = progress
         self.max_memory = self._max_memory(max_memory)
@@ -344,8 +346,8 @@ class Separator:
 
     def _prepare(self, waveform, sample_rate):
         """The checked mono waveform, its rate and its ``[T]`` resampled to the model's rate."""
-        sample_rate = self._check_rate(sample_rate)
-        mono = self._mono(pcm_to_float(waveform).cpu())
+        sample_rate = check_sample_rate(sample_rate)
+        mono = to_mono(pcm_to_float(waveform).cpu())
         resampled = self._resample(mono, sample_rate, self.sample_rate)
         if resampled.shape[-1] < self.model.kernel_size:
             raise AudioInputError(
@@ -431,74 +433,10 @@ class Separator:
         return float(max_memory)
 
     @staticmethod
-    def _mono(waveform):
-        channels = waveform
-        if waveform.dim() == 2:
-            if waveform.shape[0] > waveform.shape[1]:
-                raise AudioInputError(
-                    f"expected a [channels, T] waveform, got shape {tuple(waveform.shape)}: "
-                    f"{waveform.shape[0]} channels of {waveform.shape[1]} samples each; if it "
-                    f"is [T, channels], pass waveform.T"
-                )
-            waveform = waveform.mean(dim=0)
-        if waveform.dim() != 1:
-            raise AudioInputError(
-                f"expected a [T] or [channels, T] waveform, got shape {tuple(waveform.shape)}"
-            )
-        if waveform.numel() == 0:
-            raise AudioInputError("empty (no samples)")
-        if not torch.isfinite(waveform).all():
-            raise AudioInputError("contains NaN or infinite samples")
-        if not waveform.any():
-            if channels.any():
-                raise AudioInputError(
-                    f"its {channels.shape[0]} channels cancel out when averaged to mono (one is "
-                    f"the other's negative): separate one channel, e.g. waveform[0]")
-            raise AudioInputError("silent (all samples are zero): nothing to separate")
-        return waveform
-
-    @staticmethod
-    def _check_rate(sample_rate):
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
-            raise TypeError(f"sample_rate must be a number of Hz, got {sample_rate!r}")
-        if sample_rate <= 0 or int(sample_rate) != sample_rate:
-            raise AudioInputError(
-                f"sample rate must be a positive whole number of Hz, got {sample_rate}")
-        return int(sample_rate)
-
-    @staticmethod
     def _resample(signal, from_rate, to_rate):
         if from_rate == to_rate:
             return signal
         return torchaudio.functional.resample(signal, orig_freq=from_rate, new_freq=to_rate)
-
-
-# Integer PCM as soundfile scales it when reading files: full scale is 1.0.
-_PCM_SCALE = {torch.int16: (0, 2 ** 15), torch.int32: (0, 2 ** 31), torch.uint8: (128, 128)}
-
-
-def pcm_to_float(waveform):
-    """``waveform`` as float32: integer PCM scaled to [-1, 1], other real dtypes converted.
-
-    >>> pcm_to_float(torch.tensor([-32768, 16384], dtype=torch.int16))
-    tensor([-1.0000,  0.5000])
-    >>> pcm_to_float(torch.tensor([True]))
-    Traceback (most recent call last):
-    ...
-    TypeError: waveform: a bool tensor holds no audio samples; pass float samples or integer PCM (int16, int32, uint8)
-    """
-    waveform = torch.as_tensor(waveform)
-    dtype = waveform.dtype
-    if dtype == torch.bool or dtype.is_complex:
-        raise TypeError(f"waveform: a {str(dtype).replace('torch.', '')} tensor holds no audio "
-                        f"samples; pass float samples or integer PCM (int16, int32, uint8)")
-    if dtype in _PCM_SCALE:
-        offset, scale = _PCM_SCALE[dtype]
-        return (waveform.double() - offset).div(scale).float()
-    if not dtype.is_floating_point:
-        raise TypeError(f"waveform: {str(dtype).replace('torch.', '')} is not a PCM sample "
-                        f"type; pass float samples or integer PCM (int16, int32, uint8)")
-    return waveform.float()
 
 
 def _fit_length(signals, length):

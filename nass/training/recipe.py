@@ -6,8 +6,8 @@ output folder is written, prepare the csvs, train :class:`SeparationBrain`
 (resuming from the newest checkpoint; from scratch with the reference's
 initialisation, or from ``pretrained_separator``) and evaluate the checkpoint
 ``nass separate`` would use. :func:`main` answers a user's mistake in one line
-(exit 1) and Ctrl-C with the checkpoint kept (exit 130). About 420 lines: the
-checks before writing are most of it.
+(exit 1) and Ctrl-C with the checkpoint kept (exit 130). About 500 lines: the
+checks before writing (options, ranges, the run lock) are most of it.
 """
 
 import argparse
