@@ -112,6 +112,7 @@ def test_existing_outputs_are_kept_without_overwrite(checkpoint, tmp_path, capsy
     assert sf.info(tmp_path / "talk_spk2.wav").subtype == "FLOAT"
 
 
+@pytest.mark.slow
 def test_overwrite_with_another_model_removes_that_inputs_stale_outputs_only(checkpoint, tmp_path,
                                                                             capsys):
     sf.write(tmp_path / "talk.wav", voice(0.5, 8000), 8000)
@@ -137,6 +138,7 @@ def test_overwrite_with_another_model_removes_that_inputs_stale_outputs_only(che
         assert f"removed {tmp_path / name}, an output of an earlier run" in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_the_inputs_done_and_no_output_of_the_one_in_progress(
         checkpoint, tmp_path, capsys, monkeypatch):
     for name in ("a.wav", "b.wav"):

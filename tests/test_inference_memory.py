@@ -71,6 +71,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc is what is set")
+@pytest.mark.slow
 def test_separating_reuses_freed_memory_instead_of_fresh_pages():
     pages = 2**26 // os.sysconf("SC_PAGE_SIZE")
     faults = {}

@@ -332,6 +332,7 @@ def test_a_mistake_is_one_message_without_a_traceback(outcomes, case):
     assert after == before, [str(path) for path in after if after[path] != before[path]]
 
 
+@pytest.mark.slow
 def test_every_case_is_tested(outcomes):
     assert sorted(outcomes) == sorted(CASES)
 
