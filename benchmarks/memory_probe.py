@@ -18,8 +18,8 @@ def measured_forward_bytes(model, samples):
     first (lazy initialisation, the kernels' caches), then the peak is reset
     (``/proc/self/clear_refs``) and the pass on ``samples`` runs; the answer
     is its peak resident memory minus that before it. Call
-    :func:`nass.inference.process.give_back_large_blocks` first, as ``nass
-    separate`` does, and run it in a fresh process.
+    :func:`nass.inference.process.give_back_large_blocks` first (so the
+    growth is the tensors' own, not the heap's) and run it in a fresh process.
     """
     mixture = torch.randn(1, int(samples), generator=torch.Generator().manual_seed(0))
 
@@ -62,7 +62,7 @@ def measure_windows(configs, timeout=None):
     the models are built and measured one after the other in one fresh
     Python process on one thread (:func:`measured_forward_bytes` against
     ``nass.inference.memory.forward_bytes``), with glibc's large blocks
-    given back as ``nass separate`` sets it. Linux only. A failure of that
+    given back to the system (so growth is the tensors' own). Linux only. A failure of that
     process is a RuntimeError carrying the end of its stderr.
     """
     proc = subprocess.run(

@@ -83,7 +83,7 @@ def give_back_large_blocks():
     kernel (:func:`reuse_freed_memory`). Elsewhere than glibc nothing
     changes and False is returned.
     """
-    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
+    mallopt = _mallopt()
     return bool(mallopt) and mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK) == 1
 
 
@@ -101,6 +101,11 @@ def reuse_freed_memory():
     own, 20 % under glibc's defaults. Elsewhere than glibc nothing changes
     and False is returned.
     """
-    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
+    mallopt = _mallopt()
     return bool(mallopt) and mallopt(M_MMAP_MAX, 0) == 1 and \
         mallopt(M_TRIM_THRESHOLD, KEEP_FREED) == 1
+
+
+def _mallopt():
+    """The C library's ``mallopt``, or None where it has none (not glibc)."""
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
