@@ -134,10 +134,7 @@ def check_constructors(text, source):
     try:
         loader.get_single_data()
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise UntrustedHparamsError(f"{source} is not a YAML hparams file: cannot parse "
-                                    f"it{line}") from None
+        raise UntrustedHparamsError(_unparsable(source, err)) from None
     finally:
         loader.dispose()
     for line, tag in loader.tags:
@@ -151,6 +148,13 @@ def check_constructors(text, source):
             f"{', '.join(TRUSTED_PACKAGES[:-1])} or {TRUSTED_PACKAGES[-1]}; refused (if you "
             f"wrote this file yourself, pass --trust-hparams / trust_hparams=True)"
         )
+
+
+def _unparsable(source, err):
+    """The message for a file that YAML cannot parse, with the line where it stopped."""
+    where = getattr(err, "problem_mark", None)
+    line = f" (line {where.line + 1})" if where is not None else ""
+    return f"{source} is not a YAML hparams file: cannot parse it{line}"
 
 
 class _PlainLoader(yaml.SafeLoader):
@@ -168,9 +172,7 @@ def plain_settings(text, source="the hparams file"):
     try:
         settings = yaml.load(text, Loader=_PlainLoader)
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise OverrideError(f"{source} is not a YAML hparams file: cannot parse it{line}") from None
+        raise OverrideError(_unparsable(source, err)) from None
     if not isinstance(settings, dict):
         raise OverrideError(f"{source} is not a YAML hparams file (expected key: value settings)")
     return settings
