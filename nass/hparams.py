@@ -69,8 +69,8 @@ SETTING_RANGES = {
                      "kernel_stride", "intra_layers", "inter_layers", "nhead", "d_ffn",
                      "chunk_size", "num_dual_path_layers", "rnn_hidden"), _COUNT),
     **dict.fromkeys(("n_audio_to_save", "pcl_grad_every"), _COUNT_OR_ZERO),
-    # lr 0 is a run that evaluates a pretrained_separator through training unchanged.
     **dict.fromkeys(("pcl_temperature",), _POSITIVE),
+    # lr 0 is a run that evaluates a pretrained_separator through training unchanged.
     **dict.fromkeys(("lr", "pcl_weight", "max_grad_norm"), _NOT_NEGATIVE),
 }
 
