@@ -81,6 +81,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -127,28 +128,53 @@ def long_mixture(minutes, seed=0):
     return (0.9 * mix / np.abs(mix).max()).astype(np.float32)
 
 
-def run_separate(wav, model, out_dir, chunk_seconds, precision="fp32", options=()):
-    """Wall seconds and peak RSS (MiB) of one ``nass separate`` process.
+@dataclass
+class Run:
+    """What one ``nass separate`` process took, from the kernel (``wait4``)."""
+
+    wall: float
+    peak_rss_mib: float
+    user: float
+    system: float
+    minor_faults: int
+
+    @property
+    def system_share(self):
+        """The kernel's share of the process's CPU time."""
+        return self.system / max(self.user + self.system, 1e-9)
+
+
+def run_separate(wav, model, out_dir, chunk_seconds, precision="fp32", options=(), checkout=None):
+    """One ``nass separate`` process on ``wav``: a :class:`Run`.
 
     ``model`` is a checkpoint folder, or an ``.onnx`` file (``--onnx``, fp32
     only); ``options`` more of ``nass separate``'s (``--device``, ``--batch-size``, ...).
+    ``checkout``: run that checkout's ``nass`` (and its recipe's yaml) instead of this one's.
     """
     if str(model).endswith(".onnx"):
         source = ["--onnx", str(model)]
     else:
-        source = ["--hparams", str(HPARAMS), "--checkpoint", str(model), "--precision", precision,
+        hparams = HPARAMS if checkout is None else Path(checkout) / HPARAMS.relative_to(REPO_ROOT)
+        source = ["--hparams", str(hparams), "--checkpoint", str(model), "--precision", precision,
                   *options]
     cmd = [sys.executable, "-m", "nass.cli", "separate", *source,
            "--out-dir", str(out_dir), "--overwrite", str(wav)]
     if chunk_seconds is not None:
         cmd += ["--chunk-seconds", str(chunk_seconds)]
+    env, cwd = None, None
+    if checkout is not None:
+        # `python -m` puts its working folder first on the path, then PYTHONPATH.
+        cwd = Path(checkout).resolve()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(cwd), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"nass separate failed on {wav}: {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return Run(wall, usage.ru_maxrss / 1024, usage.ru_utime, usage.ru_stime, usage.ru_minflt)
 
 
 # /proc/cpuinfo flags that decide how fast bf16 (and int8) matmuls are.
@@ -347,7 +373,8 @@ def agreement(args, checkpoint, out_dir):
             db = float(si_snr(outputs["bf16"][name], exact))
             worst = min(worst, db)
             rows.append([wav.name, name, f"{db:.1f}"]
-                        + [f"{stats[p][0]:.1f} / {stats[p][1]:.0f}" for p in ("fp32", "bf16")])
+                        + [f"{stats[p].wall:.1f} / {stats[p].peak_rss_mib:.0f}"
+                           for p in ("fp32", "bf16")])
     print(format_table(["file", "output", "SI-SNR bf16 vs fp32 dB", "fp32 s / MiB",
                         "bf16 s / MiB"], rows))
     print(last_line(agreement_bf16_db=worst))
@@ -386,6 +413,10 @@ def main():
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, here and in the nass separate runs "
                              "(default: torch's choice)")
+    parser.add_argument("--against", metavar="CHECKOUT",
+                        help="also run the nass separate of this checkout of nass (e.g. a git "
+                             "worktree of an earlier commit) on every length, first, as the "
+                             "baseline: its own recipe yaml, the same checkpoint")
     parser.add_argument("--onnx", action="store_true",
                         help="also export the model to ONNX and time nass separate --onnx")
     args = parser.parse_args()
@@ -419,27 +450,43 @@ def main():
         if args.agreement:
             agreement(args, tmp / "save", tmp / "out")
             return
-        backends = {"pytorch": tmp / "save"}
+        backends = {}
+        if args.against:
+            backends["against"] = (tmp / "save", Path(args.against))
+        backends["pytorch"] = (tmp / "save", None)
         if args.onnx:
-            backends["onnx"] = export(model, tmp / "separator.onnx")
+            backends["onnx"] = (export(model, tmp / "separator.onnx"), None)
         for minutes in args.minutes:
             wav = tmp / f"mix_{minutes:g}min.wav"
             sf.write(wav, long_mixture(minutes), RATE, subtype="PCM_16")
-            walls = {}
-            for name, source in backends.items():
-                wall, rss = run_separate(wav, source, tmp / "out", args.chunk_seconds,
-                                         args.precision, separate_options(args))
-                rtf = wall / (minutes * 60)
-                walls[name] = wall
-                rows.append([f"{minutes:g}", name, f"{wall:.1f}", f"{rtf:.2f}", f"{rss:.0f}",
-                             f"{wall / walls['pytorch']:.2f}"])
-                print(f"  {minutes:g} min, {name}: {wall:.1f} s, RTF {rtf:.2f}, "
-                      f"peak RSS {rss:.0f} MiB", flush=True)
-                last[name] = (rtf, rss, wall / walls["pytorch"])
-    print(format_table(["minutes", "model", "wall s", "RTF", "peak RSS MiB", "x pytorch"], rows))
-    figures = {"rtf_10min": last["pytorch"][0], "peak_rss_mib_10min": last["pytorch"][1]}
+            runs = {}
+            for name, (source, checkout) in backends.items():
+                # An earlier checkout knows none of this round's options but --device.
+                options = separate_options(args)[:2] if checkout else separate_options(args)
+                run = runs[name] = run_separate(wav, source, tmp / "out", args.chunk_seconds,
+                                                args.precision, options, checkout)
+                rtf = run.wall / (minutes * 60)
+                rows.append([f"{minutes:g}", name, f"{run.wall:.1f}", f"{rtf:.2f}",
+                             f"{run.user:.0f}", f"{run.system:.0f}", f"{run.system_share:.3f}",
+                             f"{run.minor_faults / 1e6:.2f}", f"{run.peak_rss_mib:.0f}"])
+                print(f"  {minutes:g} min, {name}: {run.wall:.1f} s, RTF {rtf:.2f}, user "
+                      f"{run.user:.0f} s, system {run.system:.0f} s, peak RSS "
+                      f"{run.peak_rss_mib:.0f} MiB", flush=True)
+            last = {name: (run.wall / (minutes * 60), run) for name, run in runs.items()}
+            for row, name in zip(rows[-len(runs):], runs):
+                row.append(f"{runs[name].wall / runs['pytorch'].wall:.2f}")
+    if args.against:
+        print(f"against: nass separate of {args.against} (its recipe yaml, the same checkpoint)")
+    print(format_table(["minutes", "model", "wall s", "RTF", "user s", "system s", "system share",
+                        "minor faults M", "peak RSS MiB", "x pytorch"], rows))
+    rtf, run = last["pytorch"]
+    figures = {"rtf_10min": rtf, "peak_rss_mib_10min": run.peak_rss_mib,
+               "system_share_10min": run.system_share}
+    if "against" in last:
+        figures.update(against_rtf=last["against"][0],
+                       wall_over_against=run.wall / last["against"][1].wall)
     if "onnx" in last:
-        figures.update(onnx_rtf=last["onnx"][0], onnx_over_pytorch=last["onnx"][2])
+        figures.update(onnx_rtf=last["onnx"][0], onnx_over_pytorch=last["onnx"][1].wall / run.wall)
     print(last_line(**figures))
 
 
