@@ -37,9 +37,10 @@ use_checkout()
 
 PRELOADS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
-POLICIES = ("mmap-1mib", "glibc", "heap", "jemalloc", "tcmalloc")
+POLICIES = ("mmap-1mib", "glibc", "heap", "heap-one-arena", "jemalloc", "tcmalloc")
 
-# Run in a fresh process: argv[1] is the policy, argv[2] seconds, argv[3] window seconds.
+# Run in a fresh process: argv[1] is the policy, argv[2] seconds, argv[3] window seconds,
+# argv[4] threads.
 CHILD = r"""
 import json, resource, sys, time
 policy, seconds, window = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
@@ -48,8 +49,10 @@ if policy == "mmap-1mib":
     assert process.give_back_large_blocks()
 elif policy == "heap":
     assert process.reuse_freed_memory()
+elif policy == "heap-one-arena":
+    assert process.reuse_freed_memory() and process._mallopt()(-8, 1) == 1
 import torch
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[4]))
 sys.path.insert(0, "benchmarks")
 from inference import HPARAMS, RATE, long_mixture
 from nass.inference import Separator
@@ -72,12 +75,13 @@ def library(name):
     return next((str(Path(d) / name) for d in LIBRARY_DIRS if (Path(d) / name).exists()), None)
 
 
-def run_policy(policy, seconds, window):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+def run_policy(policy, seconds, window, threads):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": str(REPO_ROOT)}
     if policy in PRELOADS:
         env["LD_PRELOAD"] = library(PRELOADS[policy])
-    proc = subprocess.run([sys.executable, "-c", CHILD, policy, str(seconds), str(window)],
+    proc = subprocess.run([sys.executable, "-c", CHILD, policy, str(seconds), str(window),
+                           str(threads)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{policy}: the separating process failed:\n{proc.stderr[-3000:]}")
@@ -90,16 +94,18 @@ def main():
     parser.add_argument("--chunk-seconds", type=float, default=15.0,
                         help="the window (default 15)")
     parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     print(machine_summary())
     print(f"release-size Sepformer-NASS (random weights), fp32, {args.seconds:g} s at 8 kHz in "
-          f"{args.chunk_seconds:g} s windows, one thread, each policy in a fresh process")
+          f"{args.chunk_seconds:g} s windows, {args.threads} thread(s), each policy in a fresh "
+          "process")
     rows, figures = [], {}
     for policy in args.policies:
         if policy in PRELOADS and library(PRELOADS[policy]) is None:
             print(f"  {policy}: skipped, {PRELOADS[policy]} is not installed", flush=True)
             continue
-        r = run_policy(policy, args.seconds, args.chunk_seconds)
+        r = run_policy(policy, args.seconds, args.chunk_seconds, args.threads)
         share = r["system"] / (r["user"] + r["system"])
         print(f"  {policy}: {json.dumps(r)}", flush=True)
         rows.append([policy, f"{r['wall']:.1f}", f"{r['user']:.1f}", f"{r['system']:.1f}",

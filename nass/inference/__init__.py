@@ -3,6 +3,7 @@
 * :mod:`~nass.inference.separator`: :class:`Separator`, :class:`Sources`;
 * :mod:`~nass.inference.windows`: long inputs in overlapping windows, and their length;
 * :mod:`~nass.inference.memory`: the memory one window needs, traced on meta tensors;
+* :mod:`~nass.inference.slices`: dual-path blocks run a slice of their sequences at a time (CPU);
 * :mod:`~nass.inference.noise_id`: which output of a ``pit`` model is the noise;
 * :mod:`~nass.inference.onnx_runtime`: an exported ONNX model run by ONNX Runtime;
 * :mod:`~nass.inference.process`: process plumbing (a child for tracing, malloc, free memory).

@@ -42,6 +42,7 @@ import torchaudio
 from nass.audio import AudioInputError, check_sample_rate, pcm_to_float, read_audio, to_mono
 from nass.inference.memory import GIB, default_budget
 from nass.inference.noise_id import identify_noise
+from nass.inference.slices import in_slices
 from nass.inference.windows import (choose_batch, choose_window, join_windows, plan_windows,
                                     run_in_batches)
 from nass.model.loading import load_pretrained, load_trained
@@ -106,6 +107,9 @@ class Separator:
         (CUDA only: fp32 weights, TF32 matrix products), ``bf16`` or ``fp16``
         (:mod:`nass.model.precision`). Converts ``model`` in place; sets
         PyTorch's process-wide TF32 flags on CUDA (:func:`nass.model.precision.set_tf32`).
+        On the CPU the model's dual-path blocks are also made to run their
+        sequences in slices, in place (:func:`nass.inference.slices.in_slices`:
+        the same outputs, a fraction of the memory).
     max_memory : float, optional
         GiB the model's weights and one batch of windows may take; windows are
         shortened to fit. Default: the weights plus 80 % of the memory
@@ -136,6 +140,8 @@ class Separator:
         set_tf32(precision, self.device)
         self.precision = precision
         self.model = set_precision(model.to(self.device).eval(), precision)
+        if self.device.type == "cpu":
+            in_slices(self.model)  # a slice of sequences at a time: the same outputs in less memory
         self.sample_rate = check_sample_rate(sample_rate)
         self.checkpoint = checkpoint
         self.progress = progress
