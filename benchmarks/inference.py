@@ -42,7 +42,9 @@ e. optionally (``--extra compile``): b through ``torch.compile`` on ``--batch``
    windows at once, one shape (its first call, compiling, timed and printed apart);
 f. fp16, on CUDA (``--device cuda``) and on a CPU with native fp16 matrix
    products (:func:`nass.model.precision.cpu_has_fp16_matmul`: AVX512-FP16 or AMX-FP16);
-g. b on ``--batch`` windows at once (4 by default), and h. c likewise where c runs.
+g. b on ``--batch`` windows at once (4 by default), and h. c likewise where c runs;
+i. on the CPU, b with its dual-path blocks in slices of sequences, as ``nass
+   separate`` runs it there (:mod:`nass.inference.slices`).
 
 Times are per window (a batched call's time over its windows); agreement
 is the first window's outputs against a's.
@@ -55,12 +57,13 @@ difference; lowest SI-SNR over the outputs, in dB), and
 the last line ``speedup_exact=<a/b> max_abs_diff_exact=<max |a-b|>
 speedup_bf16=<a/c> agreement_bf16_db=<min over outputs of SI-SNR(c, a)>``
 where c ran, and likewise ``_fp16`` (f), ``_batched`` (g), ``_batched_bf16`` (h),
-``_compiled`` (e) for those that ran.
+``_compiled`` (e), ``_sliced`` (i) for those that ran.
 
 ``--memory`` checks :mod:`nass.inference.memory`'s estimate of a window's memory on
 the release-size Sepformer (fused attention, and SpeechBrain's explicit
-one) and DPRNN of the recipes, fp32 and bf16, each in a fresh process, one
-thread: the growth of the process's peak resident memory over one forward
+one) and DPRNN of the recipes, whole and in slices as ``nass separate`` runs
+them on the CPU (:mod:`nass.inference.slices`), fp32 and bf16, each in a fresh
+process, one thread: the growth of the process's peak resident memory over one forward
 pass on a ``--window-seconds`` window (:func:`nass.inference.memory.measured_forward_bytes`)
 next to :func:`nass.inference.memory.forward_bytes`; last line
 ``memory_ratio_min=<estimate / measured> memory_ratio_max=<...>``.
@@ -107,6 +110,7 @@ from nass.model.loading import load_model  # noqa: E402
 from memory_probe import measure_windows  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
 from nass.model.precision import SlowPrecisionWarning, precision_dtype, set_precision  # noqa: E402
+from nass.inference.slices import SLICE_ELEMENTS, in_slices  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
 ASSETS = Path(nass.__file__).parent / "assets"
@@ -218,6 +222,8 @@ def compare_variants(extra, device, batch, seed=0):
     else:
         print("c: bf16 left out: this CPU has no bf16 matrix kernels, so bf16 would take many "
               "times fp32's time (nass.model.precision)", flush=True)
+    if device.type == "cpu":
+        variants["i: fused, fp32, in slices"] = (in_slices(copy.deepcopy(fused)), 1)
     if batch > 1:
         variants[f"g: fused, fp32, batch {batch}"] = (fused, batch)
         if "c: fused attention, bf16" in variants:
@@ -327,7 +333,7 @@ def compare(args):
         max_abs_diff_exact=f"{agreement[names[1]][0]:.2e}",
     )
     for key, letter in (("bf16", "c"), ("fp16", "f"), ("batched", "g"), ("batched_bf16", "h"),
-                        ("compiled", "e")):
+                        ("compiled", "e"), ("sliced", "i")):
         name = next((n for n in names if n.startswith(f"{letter}:")), None)
         if name is not None:
             figures[f"speedup_{key}"] = paired_ratio(base_times, timing.seconds[name])
@@ -338,15 +344,18 @@ def compare(args):
 def memory(args):
     """:func:`nass.inference.memory.forward_bytes` against the measured growth of one forward pass."""
     samples = round(args.window_seconds * RATE)
-    variants = [("Sepformer", HPARAMS, {}), ("Sepformer, SpeechBrain attention", HPARAMS,
-                                             {"fused_attention": False}),
-                ("DPRNN", HPARAMS.with_name("dprnn-libri2mix.yaml"), {})]
+    dprnn = HPARAMS.with_name("dprnn-libri2mix.yaml")
+    variants = [("Sepformer", HPARAMS, {}, None),
+                ("Sepformer, SpeechBrain attention", HPARAMS, {"fused_attention": False}, None),
+                ("DPRNN", dprnn, {}, None),
+                ("Sepformer, in slices", HPARAMS, {}, SLICE_ELEMENTS),
+                ("DPRNN, in slices", dprnn, {}, SLICE_ELEMENTS)]
     rows, ratios = [], []
-    for name, hparams, overrides in variants:
+    for name, hparams, overrides, sliced in variants:
         for precision in ("fp32", "bf16"):
             # Each in a fresh process of its own.
             measured, estimate = measure_windows(
-                {name: (hparams, overrides, precision, samples)})[name]
+                {name: (hparams, overrides, precision, samples, sliced)})[name]
             ratios.append(estimate / measured)
             rows.append([name, precision, f"{measured / 2**20:.0f}", f"{estimate / 2**20:.0f}",
                          f"{ratios[-1]:.3f}"])

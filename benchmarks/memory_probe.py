@@ -45,11 +45,14 @@ from nass.inference.process import give_back_large_blocks
 sys.path.insert(0, sys.argv[2])
 from memory_probe import measured_forward_bytes
 from nass.model.precision import set_precision
+from nass.inference.slices import in_slices
 torch.set_num_threads(1)
 give_back_large_blocks()
 results = {}
-for name, (hparams, overrides, precision, samples) in json.loads(sys.argv[1]).items():
+for name, (hparams, overrides, precision, samples, *sliced) in json.loads(sys.argv[1]).items():
     model = set_precision(load_model(hparams, overrides).eval(), precision)
+    if sliced and sliced[0]:
+        in_slices(model, sliced[0])
     results[name] = [measured_forward_bytes(model, samples), forward_bytes(model, samples)]
 print(json.dumps(results))
 """
@@ -58,7 +61,9 @@ print(json.dumps(results))
 def measure_windows(configs, timeout=None):
     """``{name: (measured, estimated)}``: one forward pass of each model, measured and traced.
 
-    ``configs`` is ``{name: (hparams file, overrides, precision, samples)}``;
+    ``configs`` is ``{name: (hparams file, overrides, precision, samples[, slice
+    elements])}``, the last to run the dual-path blocks in slices
+    (:func:`nass.inference.slices.in_slices`) as ``nass separate`` does on the CPU;
     the models are built and measured one after the other in one fresh
     Python process on one thread (:func:`measured_forward_bytes` against
     ``nass.inference.memory.forward_bytes``), with glibc's large blocks

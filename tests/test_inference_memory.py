@@ -38,6 +38,8 @@ def test_the_estimate_is_within_20_percent_of_the_measured_peak():
     # SpeechBrain's explicit attention: 500 chunks, their attention weights 40 MB.
     configs["sepformer explicit fp32"] = (str(HPARAMS), {**TINY, "fused_attention": False},
                                           "fp32", 5 * 8000)
+    # In slices of sequences, as nass separate runs it on the CPU: 250 of 2000 chunks at a time.
+    configs["sepformer sliced fp32"] = (str(HPARAMS), TINY, "fp32", 20 * 8000, 250 * 20 * 16)
     # Each model's forward pass in one fresh process: the growth of its peak
     # resident memory, and forward_bytes.
     results = measure_windows(configs, timeout=300)

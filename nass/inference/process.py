@@ -95,11 +95,14 @@ def reuse_freed_memory():
     30-60 MiB) afresh, so each window's tensors are new pages, faulted in
     and zeroed by the kernel; and below the threshold its heaps fragment
     and grow. Kept on the heap (no mapping, no trimming), the windows'
-    tensors reuse the same memory. Measured (``benchmarks/malloc.py``,
-    figures in ``benchmarks/README.md``): kernel time from 29 % of the CPU
-    time to under 1 %, peak memory within 10 % of blocks mapped on their
-    own, 20 % under glibc's defaults. Elsewhere than glibc nothing changes
-    and False is returned.
+    tensors reuse the same memory. The heap stays about as large as a
+    window's tensors only when they are small: the separator runs the
+    dual-path blocks in slices on the CPU (:mod:`nass.inference.slices`);
+    whole, a 30 s window's 60 to 240 MiB tensors fragment it to 1.7 times
+    that. Measured (``benchmarks/malloc.py``, figures in
+    ``benchmarks/README.md``): kernel time from 27 % of the CPU time to
+    about 1 %, peak memory within 3 % of blocks mapped on their own.
+    Elsewhere than glibc nothing changes and False is returned.
     """
     mallopt = _mallopt()
     return bool(mallopt) and mallopt(M_MMAP_MAX, 0) == 1 and \
