@@ -79,7 +79,7 @@ def give_back_large_blocks():
     (``benchmarks/memory_probe.py``): every large tensor then comes from
     the system and goes back to it when freed, so the growth of the
     resident memory is the tensors' own. Not for separating: the fresh,
-    zeroed pages of every large tensor cost a third of the CPU time in the
+    zeroed pages of every large tensor cost a quarter of the CPU time in the
     kernel (:func:`reuse_freed_memory`). Elsewhere than glibc nothing
     changes and False is returned.
     """
@@ -101,7 +101,8 @@ def reuse_freed_memory():
     whole, a 30 s window's 60 to 240 MiB tensors fragment it to 1.7 times
     that. Measured (``benchmarks/malloc.py``, figures in
     ``benchmarks/README.md``): kernel time from 27 % of the CPU time to
-    about 1 %, peak memory within 3 % of blocks mapped on their own.
+    about 1 %, peak memory from 15 % under to 8 % over what the whole
+    blocks took mapped on their own (it varies with the threads' timing).
     Elsewhere than glibc nothing changes and False is returned.
     """
     mallopt = _mallopt()
