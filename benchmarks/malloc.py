@@ -56,7 +56,8 @@ if policy == "mmap-1mib":
 elif policy == "heap":
     assert process.reuse_freed_memory()
 elif policy == "heap-one-arena":
-    assert process.reuse_freed_memory() and process._mallopt()(-8, 1) == 1
+    M_ARENA_MAX = -8  # glibc's mallopt parameter: at most this many arenas
+    assert process.reuse_freed_memory() and process._mallopt()(M_ARENA_MAX, 1) == 1
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 sys.path.insert(0, "benchmarks")
