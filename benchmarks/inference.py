@@ -22,9 +22,14 @@ checked against PyTorch with ONNX Runtime; the export time and the check are
 printed) and every length is separated by ``nass separate --onnx`` right
 after ``nass separate``, with the same windows and thread count.
 
-The last line is ``rtf_10min=<wall / audio seconds> peak_rss_mib_10min=<MiB>``
-(for the longest length run), plus ``onnx_rtf=<...> onnx_over_pytorch=<wall
-ratio>`` for it with ``--onnx``.
+Each run reports wall, user and system seconds, minor page faults and peak
+resident memory; ``--against CHECKOUT`` first runs that (earlier) checkout's
+``nass separate`` on every length, as a baseline side by side.
+
+The last line is ``rtf_10min=<wall / audio seconds> peak_rss_mib_10min=<MiB>
+system_share_10min=<system / CPU seconds>`` (for the last length given), plus
+``against_rtf=<...> wall_over_against=<wall ratio>`` with ``--against`` and
+``onnx_rtf=<...> onnx_over_pytorch=<wall ratio>`` with ``--onnx``.
 
 ``--compare`` runs the model itself (no files) on one window of the same
 recording (``--window-seconds``, 30 by default: ``nass separate``'s window),
@@ -450,7 +455,7 @@ def main():
         return
     if not args.agreement:
         print(f"nass separate --precision {args.precision}")
-    rows, last = [], {}
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = load_model(HPARAMS)
@@ -468,34 +473,34 @@ def main():
         for minutes in args.minutes:
             wav = tmp / f"mix_{minutes:g}min.wav"
             sf.write(wav, long_mixture(minutes), RATE, subtype="PCM_16")
+            seconds = minutes * 60
             runs = {}
             for name, (source, checkout) in backends.items():
                 # An earlier checkout knows none of this round's options but --device.
-                options = separate_options(args)[:2] if checkout else separate_options(args)
+                options = ["--device", args.device] if checkout else separate_options(args)
                 run = runs[name] = run_separate(wav, source, tmp / "out", args.chunk_seconds,
                                                 args.precision, options, checkout)
-                rtf = run.wall / (minutes * 60)
-                rows.append([f"{minutes:g}", name, f"{run.wall:.1f}", f"{rtf:.2f}",
-                             f"{run.user:.0f}", f"{run.system:.0f}", f"{run.system_share:.3f}",
-                             f"{run.minor_faults / 1e6:.2f}", f"{run.peak_rss_mib:.0f}"])
-                print(f"  {minutes:g} min, {name}: {run.wall:.1f} s, RTF {rtf:.2f}, user "
-                      f"{run.user:.0f} s, system {run.system:.0f} s, peak RSS "
+                print(f"  {minutes:g} min, {name}: {run.wall:.1f} s, RTF {run.wall / seconds:.2f}, "
+                      f"user {run.user:.0f} s, system {run.system:.0f} s, peak RSS "
                       f"{run.peak_rss_mib:.0f} MiB", flush=True)
-            last = {name: (run.wall / (minutes * 60), run) for name, run in runs.items()}
-            for row, name in zip(rows[-len(runs):], runs):
-                row.append(f"{runs[name].wall / runs['pytorch'].wall:.2f}")
+            rows += [[f"{minutes:g}", name, f"{run.wall:.1f}", f"{run.wall / seconds:.2f}",
+                      f"{run.user:.0f}", f"{run.system:.0f}", f"{run.system_share:.3f}",
+                      f"{run.minor_faults / 1e6:.2f}", f"{run.peak_rss_mib:.0f}",
+                      f"{run.wall / runs['pytorch'].wall:.2f}"] for name, run in runs.items()]
     if args.against:
         print(f"against: nass separate of {args.against} (its recipe yaml, the same checkpoint)")
     print(format_table(["minutes", "model", "wall s", "RTF", "user s", "system s", "system share",
                         "minor faults M", "peak RSS MiB", "x pytorch"], rows))
-    rtf, run = last["pytorch"]
-    figures = {"rtf_10min": rtf, "peak_rss_mib_10min": run.peak_rss_mib,
+    # The figures of the last length given.
+    run = runs["pytorch"]
+    figures = {"rtf_10min": run.wall / seconds, "peak_rss_mib_10min": run.peak_rss_mib,
                "system_share_10min": run.system_share}
-    if "against" in last:
-        figures.update(against_rtf=last["against"][0],
-                       wall_over_against=run.wall / last["against"][1].wall)
-    if "onnx" in last:
-        figures.update(onnx_rtf=last["onnx"][0], onnx_over_pytorch=last["onnx"][1].wall / run.wall)
+    if "against" in runs:
+        figures.update(against_rtf=runs["against"].wall / seconds,
+                       wall_over_against=run.wall / runs["against"].wall)
+    if "onnx" in runs:
+        figures.update(onnx_rtf=runs["onnx"].wall / seconds,
+                       onnx_over_pytorch=runs["onnx"].wall / run.wall)
     print(last_line(**figures))
 
 
