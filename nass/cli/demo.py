@@ -20,7 +20,7 @@ import soundfile as sf
 from nass.audio import output_paths, save_sources
 from nass.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, report
 from nass.cli.plot import plot_spectrograms
-from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_loudness, without_clipping
+from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_16_bits, to_loudness, without_clipping
 from nass.inference import Separator
 from nass.model.loading import recipe_hparams
 from nass.training.recipe import Interrupted, run
@@ -243,7 +243,7 @@ def _mixture_sources(rng, speech1, speech2, noise, limit_seconds):
     for source, levels in ((speech1, SPEECH_LUFS), (speech2, SPEECH_LUFS), (noise, NOISE_LUFS)):
         start = rng.integers(len(source) - length + 1)
         signals.append(to_loudness(source[start:start + length], rng.uniform(*levels), SAMPLE_RATE))
-    return without_clipping(signals)
+    return to_16_bits(without_clipping(signals))
 
 
 def results_table(csv_path):

@@ -16,6 +16,8 @@ True
 >>> loud = without_clipping([np.full(10, 0.8), np.full(10, 0.8)])
 >>> float(loud[0][0] + loud[1][0])
 0.9
+>>> to_16_bits([np.array([0.1, -0.3])])[0] * 32768
+array([ 3277., -9830.])
 """
 
 import functools
@@ -59,3 +61,8 @@ def without_clipping(sources, peak=PEAK):
     if loudest > peak:
         return [s * (peak / loudest) for s in sources]
     return list(sources)
+
+
+def to_16_bits(sources):
+    """``sources`` rounded to 16-bit PCM steps, so that sums of them are exact once written as PCM_16."""
+    return [np.round(s * 32768) / 32768 for s in sources]

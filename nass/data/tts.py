@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_loudness, without_clipping
+from nass.data.mixing import NOISE_LUFS, SPEECH_LUFS, to_16_bits, to_loudness, without_clipping
 from nass.data.synthetic import _write_librimix_metadata
 
 __all__ = ["VOICES", "build_tts_librimix", "sentences", "speak", "missing_tools"]
@@ -217,7 +217,7 @@ def _mix_sources(rng, speech, noises):
     levels = [rng.uniform(*SPEECH_LUFS), rng.uniform(*SPEECH_LUFS), rng.uniform(*NOISE_LUFS)]
     scaled = without_clipping([to_loudness(signal, target, SAMPLE_RATE)
                                for signal, target in zip(signals, levels)])
-    return [np.round(s * 32768) / 32768 for s in scaled]
+    return to_16_bits(scaled)
 
 
 def main(argv=None):
