@@ -22,7 +22,7 @@ from nass.data.synthetic import make_custom, make_librispeech_like, make_noise_f
 from nass.inference import Separator
 from nass.metrics import utterance_metrics
 from nass.losses.pit import align
-from nass.training.recipe import RecipeError, parse_arguments, run
+from nass.training.recipe import RUN_LOCK, RecipeError, parse_arguments, run
 
 # Every test here runs the recipe.
 pytestmark = pytest.mark.slow
@@ -468,3 +468,21 @@ def test_an_option_given_twice_takes_the_last_as_argparse_does(libri2mix, tmp_pa
     assert hparams["N_epochs"] == 3 and hparams["epoch_counter"].limit == 3
     assert overrides.count("N_epochs") == 1
     assert "--N_epochs is given more than once; the last, 3, is used" in caplog.text
+
+
+def test_a_refused_run_lets_go_of_the_folders_lock_for_the_next_run_in_this_process(
+        libri2mix, tmp_path):
+    # The folder and its lock file are there from an earlier run, so the refused run keeps the
+    # file; its lock must still be let go, or the second run reads "in use by another run".
+    output = tmp_path / "earlier"
+    output.mkdir()
+    (output / RUN_LOCK).touch()
+    argv = [str(LIBRIMIX_RECIPE / "hparams" / "sepformer-libri2mix.yaml"), "--data_folder",
+            str(libri2mix), "--output_folder", str(output), *TINY_ARGS, *ON_CPU,
+            "--test_only", "True"]
+    refusals = []    # kept, as a notebook keeps its last traceback (and with it the run's frames)
+    for _ in range(2):
+        with pytest.raises(RecipeError, match="holds no CKPT") as refused:
+            run(argv)
+        refusals.append(refused)
+    assert (output / RUN_LOCK).exists()

@@ -253,79 +253,82 @@ def _run(hparams_file, run_opts, overrides, hparams):
     # incomplete ones set aside); a new one as it is made.
     new_lock = not (output_folder / RUN_LOCK).exists()
     lock = _lock_output_folder(output_folder) if output_folder.is_dir() else None
-    # Before anything is written: a checkpoint that does not fit refuses the run.
-    # What nass logs meanwhile goes to the run's log.txt too, once that exists.
+    # The lock is let go however the run ends (a refusal, an error, Ctrl-C): its file's
+    # flock would otherwise refuse a later run in this same process.
     try:
-        with _held_back("nass") as held:
-            evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
-    except BaseException:
-        if lock is not None and new_lock:    # a refused run leaves no file of its own
-            lock.close()
-            (output_folder / RUN_LOCK).unlink()
-        raise
-    if lock is None:
-        output_folder.mkdir(parents=True, exist_ok=True)
-        lock = _lock_output_folder(output_folder)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-    _release(held)
-
-    splits = ("test",) if test_only else ("train", "valid", "test")
-    if hparams["dynamic_mixing"] and not test_only:
-        splits = ("valid", "test")
-    run_on_main(
-        prepare_layout,
-        kwargs={
-            "layout": hparams["dataset_layout"],
-            "save_folder": hparams["save_folder"],
-            "sample_rate": hparams["sample_rate"],
-            "splits": splits,
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
-    csvs = prepare_layout(
-        hparams["dataset_layout"], hparams["save_folder"], hparams["sample_rate"],
-        splits=splits, skip_prep=True,
-    )
-    datasets = audio_datasets(csvs, hparams)
-    if hparams["dynamic_mixing"] and not test_only:
-        from nass.data.dynamic_mixing import dynamic_mixing_dataset
-
-        datasets["train"] = dynamic_mixing_dataset(hparams)
-
-    modules = {"separator": hparams["separator"]}
-    if patch_sampler is not None:
-        modules["patchsamplenet"] = patch_sampler
-    brain = SeparationBrain(
-        modules=modules,
-        opt_class=hparams["optimizer"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    if not test_only:
-        # Same seed on every process: the ranks start equal (a resumed run then loads its checkpoint).
-        initialise_like_reference(brain.separator_module, patch_sampler)
-        start_from_pretrained(hparams, resuming=hparams["checkpointer"].find_checkpoint() is not None)
-        brain.fit(
-            brain.hparams.epoch_counter,
-            datasets["train"],
-            datasets["valid"],
-            train_loader_kwargs=hparams["dataloader_opts"],
-            valid_loader_kwargs=hparams["dataloader_opts"],
+        # Before anything is written: a checkpoint that does not fit refuses the run.
+        # What nass logs meanwhile goes to the run's log.txt too, once that exists.
+        try:
+            with _held_back("nass") as held:
+                evaluated = _check_before_writing(hparams, hparams_file, test_only, save_folder)
+        except BaseException:
+            if lock is not None and new_lock:    # a refused run leaves no file of its own
+                (output_folder / RUN_LOCK).unlink()
+            raise
+        if lock is None:
+            output_folder.mkdir(parents=True, exist_ok=True)
+            lock = _lock_output_folder(output_folder)
+        sb.create_experiment_directory(
+            experiment_directory=hparams["output_folder"],
+            hyperparams_to_save=hparams_file,
+            overrides=overrides,
         )
-        evaluated = checkpoint_to_evaluate(save_folder)
-    brain.write_test_results(datasets["test"], evaluated, hparams["dataloader_opts"])
-    if torch.distributed.is_initialized():
-        # Leaving with the group alive lets gloo's threads abort the process at exit.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    if lock is not None:
-        lock.close()
-    return brain
+        _release(held)
+
+        splits = ("test",) if test_only else ("train", "valid", "test")
+        if hparams["dynamic_mixing"] and not test_only:
+            splits = ("valid", "test")
+        run_on_main(
+            prepare_layout,
+            kwargs={
+                "layout": hparams["dataset_layout"],
+                "save_folder": hparams["save_folder"],
+                "sample_rate": hparams["sample_rate"],
+                "splits": splits,
+                "skip_prep": hparams["skip_prep"],
+            },
+        )
+        csvs = prepare_layout(
+            hparams["dataset_layout"], hparams["save_folder"], hparams["sample_rate"],
+            splits=splits, skip_prep=True,
+        )
+        datasets = audio_datasets(csvs, hparams)
+        if hparams["dynamic_mixing"] and not test_only:
+            from nass.data.dynamic_mixing import dynamic_mixing_dataset
+
+            datasets["train"] = dynamic_mixing_dataset(hparams)
+
+        modules = {"separator": hparams["separator"]}
+        if patch_sampler is not None:
+            modules["patchsamplenet"] = patch_sampler
+        brain = SeparationBrain(
+            modules=modules,
+            opt_class=hparams["optimizer"],
+            hparams=hparams,
+            run_opts=run_opts,
+            checkpointer=hparams["checkpointer"],
+        )
+        if not test_only:
+            # Same seed on every process: the ranks start equal (a resumed run then loads its checkpoint).
+            initialise_like_reference(brain.separator_module, patch_sampler)
+            start_from_pretrained(hparams, resuming=hparams["checkpointer"].find_checkpoint() is not None)
+            brain.fit(
+                brain.hparams.epoch_counter,
+                datasets["train"],
+                datasets["valid"],
+                train_loader_kwargs=hparams["dataloader_opts"],
+                valid_loader_kwargs=hparams["dataloader_opts"],
+            )
+            evaluated = checkpoint_to_evaluate(save_folder)
+        brain.write_test_results(datasets["test"], evaluated, hparams["dataloader_opts"])
+        if torch.distributed.is_initialized():
+            # Leaving with the group alive lets gloo's threads abort the process at exit.
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        return brain
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def _lock_output_folder(folder):
