@@ -19,6 +19,7 @@ Example
 (['talk_spk1.wav', 'talk_spk2.wav', 'talk_noise.wav'], (1, 800), 8000)
 """
 
+import glob
 import json
 import os
 import re
@@ -203,10 +204,12 @@ def find_outputs(mixture, prefix=None):
     Speakers come in numerical order, the noise last.
     """
     prefix = Path(prefix) if prefix is not None else Path(mixture).with_suffix("")
-    pattern = re.compile(re.escape(f"{prefix.name}_{SPEAKER_PREFIX}") + r"(\d+)\.wav$")
+    start = f"{prefix.name}_{SPEAKER_PREFIX}"
+    pattern = re.compile(re.escape(start) + r"(\d+)\.wav$")
+    # Only this prefix's files are listed: a folder of many inputs' outputs is not read whole per input.
     speakers = sorted(
         (int(match.group(1)), path)
-        for path in prefix.parent.glob("*.wav")
+        for path in prefix.parent.glob(glob.escape(start) + "*.wav")
         if (match := pattern.match(path.name))
     )
     noise = output_paths(prefix, [NOISE_NAME], prefix.parent)[NOISE_NAME]
