@@ -131,21 +131,17 @@ def main(argv=None):
                {**env, "CUDA_VISIBLE_DEVICES": ""}, timeouts["onnx"], rows,
                "ONNX export test, CUDA hidden")
 
-    # The benchmarks build their models without the Separator or the recipe, so nothing turns
-    # off the TF32 that import speechbrain turns on: their fp32 would be TF32.
-    quirks = [q for q in os.environ.get("SB_DISABLE_QUIRKS", "").split(",") if q]
-    bench_env = {**env, "SB_DISABLE_QUIRKS": ",".join([*quirks, "allow_tf32"])}
     status, text, seconds = run_logged(
         "inference_compare", [python, "benchmarks/inference.py", "--compare", "--device",
                               args.device, *INFERENCE_FLAGS[args.device]],
-        out, bench_env, timeout=timeouts["inference"])
+        out, env, timeout=timeouts["inference"])
     rows.append([f"inference.py --compare --device {args.device}",
                  _figures(status, text), seconds])
     for precision in TRAIN_STEP_PRECISIONS[args.device]:
         status, text, seconds = run_logged(
             f"train_step_{precision}", [python, "benchmarks/train_step.py", "--device", args.device,
                                         "--precision", precision, "--seconds", "2", "--reps", "2"],
-            out, bench_env, timeout=timeouts["train_step"])
+            out, env, timeout=timeouts["train_step"])
         rows.append([f"train_step.py --device {args.device} --precision {precision}",
                      _figures(status, text), seconds])
     if not TRAIN_STEP_PRECISIONS[args.device]:

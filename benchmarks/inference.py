@@ -114,7 +114,8 @@ import nass  # noqa: E402
 from nass.model.loading import load_model  # noqa: E402
 from memory_probe import measure_windows  # noqa: E402
 from nass.metrics import si_snr  # noqa: E402
-from nass.model.precision import SlowPrecisionWarning, precision_dtype, set_precision  # noqa: E402
+from nass.model.precision import (SlowPrecisionWarning, precision_dtype, set_precision,  # noqa: E402
+                                  set_tf32)
 from nass.inference.slices import SLICE_ELEMENTS, in_slices  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "sepformer-libri2mix.yaml"
@@ -284,6 +285,7 @@ def compare(args):
     print("CPU features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items())
           + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
     device = torch.device(args.device)
+    set_tf32("fp32", device)  # IEEE fp32, as nass separate runs it: import speechbrain turned TF32 on
     rates = matmul_rates(device)
     print("one linear layer [8000, 256] x [256, 1024]: "
           + ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items())

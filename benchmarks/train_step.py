@@ -93,6 +93,7 @@ from hyperpyyaml import load_hyperpyyaml  # noqa: E402
 from nass.training.brain import SeparationBrain  # noqa: E402
 from nass.losses.objective import NASSObjective  # noqa: E402
 from nass.losses.pcl import pcl_loss  # noqa: E402
+from nass.model.precision import set_tf32, speechbrain_precision  # noqa: E402
 
 HPARAMS = REPO_ROOT / "recipes/LibriMix/separation/hparams"
 SEPFORMER_HPARAMS = HPARAMS / "sepformer-libri2mix.yaml"
@@ -160,7 +161,7 @@ class TrainStep:
         A recipe's hparams, loaded by :func:`load_recipe`.
     device : torch.device
     precision : str
-        ``fp32``, ``bf16`` or ``fp16``, SpeechBrain's ``--precision``.
+        ``fp32``, ``tf32``, ``bf16`` or ``fp16``, as the recipe's ``--precision``.
     """
 
     def __init__(self, hparams, device, precision):
@@ -171,7 +172,7 @@ class TrainStep:
             modules=modules,
             opt_class=hparams["optimizer"],
             hparams=hparams,
-            run_opts={"device": str(device), "precision": precision},
+            run_opts={"device": str(device), "precision": speechbrain_precision(precision)},
         )
         self.brain.init_optimizers()
         self.brain.modules.train()
@@ -456,7 +457,7 @@ def parse_args(argv):
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="mixture length in s at 8 kHz (default 2)"
     )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=1234, help="model and input seed")
     parser.add_argument(
         "--threads",
@@ -470,6 +471,8 @@ def parse_args(argv):
         parser.error("--device cuda: no CUDA device is available")
     if args.precision == "fp16" and args.device != "cuda":
         parser.error("--precision fp16 needs --device cuda (SpeechBrain refuses fp16 on CPU)")
+    if args.precision == "tf32" and args.device != "cuda":
+        parser.error("--precision tf32 needs --device cuda (TF32 is a CUDA matrix format)")
     if args.reps < 1:
         parser.error("--reps must be >= 1")
     if args.threads is not None and args.threads < 1:
@@ -480,6 +483,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    # As the recipe does: import speechbrain turned TF32 on, which fp32 is not.
+    set_tf32(args.precision, device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
