@@ -13,7 +13,8 @@ Needs no ``pip install -e`` (subprocesses get the checkout on PYTHONPATH).
 ``--device cpu``: the same tests (skipped), the ONNX test, ``--compare`` on a
 1 s window; ``n/a`` for what was not measured. It prints a table, then the line
 ``cuda_tests_passed=<n>/<n> fp32_vs_cpu_db=<min> fp16_vs_cpu_db=<min>
-bf16_vs_cpu_db=<min> train_fp16_finite=<0|1> train_bf16_finite=<0|1> nccl=<0|1>``.
+bf16_vs_cpu_db=<min> train_fp16_finite=<0|1> train_bf16_finite=<0|1>
+train_tf32_finite=<0|1> nccl=<0|1>``.
 """
 
 import argparse
@@ -27,8 +28,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The recipe runs of tests/test_gpu.py, by the report key each one writes.
-TRAIN_RUNS = {"fp16": ("scalar", "frame"), "bf16": ("scalar", "frame")}
+# The recipe runs of tests/test_gpu.py (which takes them from here): precision and PCL patches.
+TRAIN_RUNS = {"fp16": ("scalar", "frame"), "bf16": ("scalar", "frame"), "tf32": ("frame",)}
 # Short benchmark runs, by device. On a CPU, train_step.py's release-size steps take a minute
 # or two each (2 loaded cores), so it is left out there.
 INFERENCE_FLAGS = {"cuda": ["--window-seconds", "8", "--reps", "2", "--warmup", "1"],
@@ -65,7 +66,7 @@ def summary_line(report, passed, failed, skipped):
     """The last line, from the tests' report and counts: ``n/a`` for what was not measured.
 
     >>> summary_line({"fp32_vs_cpu_db": 58.61, "nccl": 1}, 3, 1, 0)
-    'cuda_tests_passed=3/4 fp32_vs_cpu_db=58.61 fp16_vs_cpu_db=n/a bf16_vs_cpu_db=n/a train_fp16_finite=0 train_bf16_finite=0 nccl=1'
+    'cuda_tests_passed=3/4 fp32_vs_cpu_db=58.61 fp16_vs_cpu_db=n/a bf16_vs_cpu_db=n/a train_fp16_finite=0 train_bf16_finite=0 train_tf32_finite=0 nccl=1'
     >>> summary_line({}, 0, 0, 12).split()[:2]
     ['cuda_tests_passed=n/a', 'fp32_vs_cpu_db=n/a']
     """

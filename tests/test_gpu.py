@@ -31,6 +31,9 @@ from nass.training.recipe import parse_arguments, run
 from test_model_precision import real_mixture
 from test_training_recipe import write_release_checkpoint
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+import gpu_check  # noqa: E402  (its summary reads the report keys of the recipe runs here)
+
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -121,9 +124,8 @@ def check_test_results(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision, patch", [("fp16", "scalar"), ("fp16", "frame"),
-                                              ("bf16", "scalar"), ("bf16", "frame"),
-                                              ("tf32", "frame")])
+@pytest.mark.parametrize("precision, patch", [(precision, patch) for precision, patches
+                                              in gpu_check.TRAIN_RUNS.items() for patch in patches])
 def test_recipe_trains_with_pcl_on_cuda_then_tests(precision, patch, libri2mix, tmp_path):
     out = tmp_path / "run"
     args = [str(HPARAMS), "--data_folder", str(libri2mix), "--output_folder", str(out),

@@ -36,18 +36,19 @@ def test_reads_a_benchmarks_last_line():
 def test_summary_line_with_everything_measured():
     report = {"fp32_vs_cpu_db": 58.6049, "fp16_vs_cpu_db": 53.2, "bf16_vs_cpu_db": 35.41,
               "train_fp16_scalar_finite": 1, "train_fp16_frame_finite": 1,
-              "train_bf16_scalar_finite": 1, "nccl": 1}
+              "train_bf16_scalar_finite": 1, "train_tf32_frame_finite": 1, "nccl": 1}
     line = gpu_check.summary_line(report, 12, 0, 0)
     assert line == ("cuda_tests_passed=12/12 fp32_vs_cpu_db=58.60 fp16_vs_cpu_db=53.20 "
-                    "bf16_vs_cpu_db=35.41 train_fp16_finite=1 train_bf16_finite=0 nccl=1")
+                    "bf16_vs_cpu_db=35.41 train_fp16_finite=1 train_bf16_finite=0 train_tf32_finite=1 "
+                    "nccl=1")
     # The format the issue asks for, key by key; and what gpu_check reads back of it.
     assert [pair.split("=")[0] for pair in line.split()] == [
         "cuda_tests_passed", "fp32_vs_cpu_db", "fp16_vs_cpu_db", "bf16_vs_cpu_db",
-        "train_fp16_finite", "train_bf16_finite", "nccl"]
+        "train_fp16_finite", "train_bf16_finite", "train_tf32_finite", "nccl"]
     assert gpu_check.parse_last_line(f"table\n{line}\n")["train_bf16_finite"] == "0"
 
 
 def test_summary_line_without_a_gpu_says_nothing_was_measured():
     assert gpu_check.summary_line({}, 0, 0, 12) == (
         "cuda_tests_passed=n/a fp32_vs_cpu_db=n/a fp16_vs_cpu_db=n/a bf16_vs_cpu_db=n/a "
-        "train_fp16_finite=n/a train_bf16_finite=n/a nccl=n/a")
+        "train_fp16_finite=n/a train_bf16_finite=n/a train_tf32_finite=n/a nccl=n/a")
