@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from nass.hparams import check_constructors, load_model_hparams
+from nass.hparams import check_constructors, load_model_hparams, read_text
 from nass.model.checkpoints import check_fit, checkpoint_to_evaluate, load_state
 from nass.model.outputs import Outputs
 from nass.model.separator import NoiseAwareSeparator
@@ -82,7 +82,7 @@ def load_pretrained(folder, trust_hparams=False):
     if missing:
         raise FileNotFoundError(layout_error(folder, missing))
     hparams_path = folder / HPARAMS_FILE
-    text = hparams_path.read_text(encoding="utf-8")
+    text = read_text(hparams_path)
     if not trust_hparams:
         check_constructors(text, str(hparams_path))
     # Building the modules draws from torch's generator; keep the caller's stream.
