@@ -188,6 +188,10 @@ def load_separator(args, overrides, **options):
                                    **options)
     if args.checkpoint is None:
         raise ValueError("give --checkpoint (with --hparams for a recipe checkpoint) or --onnx")
+    if Path(args.checkpoint).is_file() and Path(args.checkpoint).suffix.lower() == ".onnx":
+        raise ValueError(f"--checkpoint {args.checkpoint} is a file, not a checkpoint folder; an "
+                         f"ONNX model (nass export --format onnx) is given as --onnx "
+                         f"{args.checkpoint}")
     options.update(device=args.device, precision=args.precision)
     if args.hparams is None:
         if overrides:

@@ -110,9 +110,7 @@ def _where_checkpoints_are(path):
     """The end of the message for ``path`` holding no checkpoint: where they may be instead."""
     path = Path(path)
     if path.is_file():
-        onnx = (f"; an ONNX model (nass export --format onnx) is given as --onnx {path}"
-                if path.suffix.lower() == ".onnx" else "")
-        return f"it is a file, not a folder{onnx}"
+        return "it is a file, not a folder"
     if list_checkpoints(path / "save"):
         return f"it is a run's output folder; its checkpoints are in {path / 'save'}"
     return "expected a CKPT+... folder with CKPT.yaml, or a folder holding such folders"

@@ -145,9 +145,6 @@ def is_pretrained_folder(path):
 
 def layout_error(folder, missing):
     """The message for a folder that is not in the layout."""
-    if Path(folder).is_file() and Path(folder).suffix.lower() == ".onnx":
-        return (f"{folder} is a file, not a pretrained-model folder; an ONNX model (nass export "
-                f"--format onnx) is given as --onnx {folder}")
     return (f"{folder} is not a pretrained-model folder: it lacks {', '.join(missing)} "
             f"(expected {HPARAMS_FILE} and {', '.join(f'{n}.ckpt' for n in MODULE_NAMES)}, "
             f"as SpeechBrain's hub models and nass export have)")
